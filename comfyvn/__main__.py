@@ -1,0 +1,5 @@
+import sys
+
+from comfyvn.cli import main
+
+sys.exit(main())

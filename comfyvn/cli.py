@@ -1,0 +1,70 @@
+"""The ``comfyvn`` command. Each subcommand imports its implementation lazily, so ``comfyvn
+serve`` never loads Qt and ``comfyvn studio`` never loads the server."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from comfyvn import __version__
+
+__all__ = ["build_parser", "main"]
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from comfyvn.core.settings import Settings, env_flag
+    from comfyvn.server.runner import serve
+
+    kwargs: dict = {
+        "host": args.host,
+        "port": args.port,
+        "dev_mode": args.dev or env_flag("COMFYVN_DEV_MODE"),
+        "demo": args.demo,
+    }
+    if args.data_dir:
+        kwargs["data_dir"] = Path(args.data_dir)
+    if args.plugin_root:
+        kwargs["plugin_root"] = Path(args.plugin_root)
+    return serve(Settings(**kwargs), log_level=args.log_level)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="comfyvn", description="ComfyVN Studio core")
+    parser.add_argument("--version", action="version", version=f"comfyvn {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the studio server (FastAPI + uvicorn)")
+    serve.add_argument("--host", default=os.environ.get("COMFYVN_HOST", "127.0.0.1"))
+    serve.add_argument(
+        "--port",
+        type=int,
+        default=int(os.environ.get("COMFYVN_PORT", "8001")),
+        help="TCP port; 0 picks a free one (the ready line prints it)",
+    )
+    serve.add_argument("--data-dir", help="data dir (default: $COMFYVN_DATA_DIR or ~/.comfyvn)")
+    serve.add_argument("--dev", action="store_true", help="dev mode: load modder plugins")
+    serve.add_argument("--demo", action="store_true", help="load the demo content at start")
+    serve.add_argument(
+        "--plugin-root",
+        help="plugin folder (default: $COMFYVN_MOD_PLUGIN_ROOT or dev/modder_hooks)",
+    )
+    serve.add_argument("--log-level", default="INFO")
+    serve.set_defaults(func=_cmd_serve)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,549 @@
+"""The hook bus: emit, durable group commit, listeners and async subscribers.
+
+The hot path is :meth:`HookBus.emit`: it takes a sequence number under a lock and appends a
+tuple to a deque, nothing else. A single writer thread drains the deque, serializes payloads
+once, commits them to the event log in groups, and only then hands them on. Everything
+downstream (listeners, WebSocket/SSE subscribers, webhooks) sees committed envelopes only, so
+whatever a consumer saw is in the history and a reconnecting consumer can resume by ``seq``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import queue
+import secrets
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from itertools import islice
+from typing import Any, NamedTuple
+
+from .event_log import LogRow, RetentionPolicy, SQLiteEventLog
+from .hook_specs import HOOK_SPECS
+
+__all__ = [
+    "CommitTimeout",
+    "Emitted",
+    "Gap",
+    "HookBus",
+    "ListenerHandle",
+    "Subscription",
+    "UnknownHookError",
+]
+
+log = logging.getLogger("comfyvn.hooks")
+
+Listener = Callable[[str, dict[str, Any]], Any]
+
+
+class UnknownHookError(KeyError):
+    def __str__(self) -> str:
+        known = ", ".join(sorted(HOOK_SPECS))
+        return f"unknown hook {self.args[0]!r}; known hooks: {known}"
+
+
+class CommitTimeout(TimeoutError):
+    """The event log did not commit in time (e.g. the data dir is not writable)."""
+
+
+class Emitted(NamedTuple):
+    event: str
+    seq: int
+    id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """The log no longer holds envelopes ``first..last`` (retention pruned them)."""
+
+    first: int
+    last: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"gap": True, "from": self.first, "to": self.last}
+
+
+def envelope_json(row: LogRow) -> str:
+    """The wire form of an envelope, built from the already-serialized payload."""
+    return (
+        f'{{"seq":{row.seq},"id":"{row.id}","event":"{row.event}",'
+        f'"ts":{row.ts!r},"data":{row.data}}}'
+    )
+
+
+def envelope_dict(row: LogRow) -> dict[str, Any]:
+    return {
+        "seq": row.seq,
+        "id": row.id,
+        "event": row.event,
+        "ts": row.ts,
+        "data": json.loads(row.data),
+    }
+
+
+@dataclass(eq=False)
+class ListenerHandle:
+    """A registered listener: its own worker thread and bounded queue isolate it from the rest."""
+
+    fn: Listener
+    events: frozenset[str] | None
+    name: str
+    max_queue: int = 10_000
+    calls: int = 0
+    errors: int = 0
+    dropped: int = 0
+    last_error: str | None = None
+    busy_since: float | None = None
+    stalled: bool = False
+    _queue: queue.Queue[LogRow | None] = field(init=False, repr=False)
+    _thread: threading.Thread | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._queue = queue.Queue(self.max_queue)
+
+    def wants(self, event: str) -> bool:
+        return self.events is None or event in self.events
+
+    def offer(self, row: LogRow) -> None:
+        try:
+            self._queue.put_nowait(row)
+        except queue.Full:
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 1000 == 0:
+                log.warning(
+                    "listener %s is not keeping up: %d events dropped", self.name, self.dropped
+                )
+
+    def start(self) -> None:
+        self._thread = threading.Thread(
+            target=self._run, name=f"hook-listener:{self.name}", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        with contextlib.suppress(queue.Full):
+            self._queue.put_nowait(None)
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while (row := self._queue.get()) is not None:
+            self.busy_since = time.monotonic()
+            try:
+                self.fn(row.event, json.loads(row.data))  # a fresh copy for every listener
+            except Exception as exc:
+                self.errors += 1
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                if self.errors == 1:
+                    log.exception(
+                        "listener %s failed on %s (seq %d)", self.name, row.event, row.seq
+                    )
+                else:
+                    log.warning(
+                        "listener %s failed again on %s (seq %d): %s [%d failures]",
+                        self.name,
+                        row.event,
+                        row.seq,
+                        self.last_error,
+                        self.errors,
+                    )
+            finally:
+                self.calls += 1
+                self.busy_since = None
+                self.stalled = False
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "events": sorted(self.events) if self.events is not None else ["*"],
+            "calls": self.calls,
+            "errors": self.errors,
+            "dropped": self.dropped,
+            "stalled": self.stalled,
+            "last_error": self.last_error,
+        }
+
+
+class HookBus:
+    """One bus per data dir. Thread-safe ``emit``; async subscribers on any event loop."""
+
+    def __init__(
+        self,
+        log_store: SQLiteEventLog,
+        *,
+        retention: RetentionPolicy | None = None,
+        ring_size: int = 10_000,
+        listener_budget_s: float = 5.0,
+        prune_interval_s: float = 60.0,
+    ) -> None:
+        self.log = log_store
+        self.retention = retention or RetentionPolicy()
+        self.listener_budget_s = listener_budget_s
+        self._prune_interval_s = prune_interval_s
+        self._boot = secrets.token_hex(8)
+        self._known = HOOK_SPECS  # live view: hooks defined later are accepted too
+        self._seq_lock = threading.Lock()
+        self._seq = self.log.latest_seq()
+        self._pending: deque[tuple[int, str, float, Any]] = deque()
+        self._wake = threading.Event()
+        self._writer_idle = False
+        self._stopping = False
+        self._committed_seq = self._seq
+        self._commit_cond = threading.Condition()
+        self._async_waiters: list[tuple[int, asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        self._ring: deque[LogRow] = deque(maxlen=ring_size)
+        self._ring_lock = threading.Lock()
+        self._subscriptions: dict[asyncio.AbstractEventLoop, set[Subscription]] = {}
+        self._subs_lock = threading.Lock()
+        self._listeners: list[ListenerHandle] = []
+        self._listeners_lock = threading.Lock()
+        self._write_error: str | None = None
+        self.emitted = 0
+        self._writer = threading.Thread(target=self._run_writer, name="hook-writer", daemon=True)
+        self._writer.start()
+
+    # -- hot path ----------------------------------------------------------------------------
+    def emit(self, event: str, payload: Mapping[str, Any]) -> Emitted:
+        """Queue an event; returns before the commit. The payload must not be mutated after."""
+        if event not in self._known:
+            raise UnknownHookError(event)
+        with self._seq_lock:
+            self._seq += 1
+            seq = self._seq
+            self._pending.append((seq, event, time.time(), payload))
+        self.emitted += 1
+        if self._writer_idle:
+            self._wake.set()
+        return Emitted(event, seq, f"evt_{self._boot}_{seq}")
+
+    # -- commit tracking ---------------------------------------------------------------------
+    @property
+    def committed_seq(self) -> int:
+        return self._committed_seq
+
+    @property
+    def latest_seq(self) -> int:
+        return self._seq
+
+    @property
+    def write_error(self) -> str | None:
+        return self._write_error
+
+    def flush(self, timeout: float = 10.0) -> None:
+        """Block until everything emitted so far is committed."""
+        target = self._seq
+        with self._commit_cond:
+            if not self._commit_cond.wait_for(lambda: self._committed_seq >= target, timeout):
+                raise CommitTimeout(self._timeout_message(target))
+
+    async def wait_committed(self, seq: int, timeout: float = 10.0) -> None:
+        """Await the commit of ``seq``: API calls answer only after their events are durable."""
+        if self._committed_seq >= seq:
+            return
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        with self._commit_cond:
+            if self._committed_seq >= seq:
+                return
+            self._async_waiters.append((seq, loop, fut))
+        try:
+            await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            raise CommitTimeout(self._timeout_message(seq)) from None
+
+    def _timeout_message(self, seq: int) -> str:
+        reason = f": {self._write_error}" if self._write_error else ""
+        return f"event {seq} was not committed to the event log in time{reason}"
+
+    # -- writer thread -----------------------------------------------------------------------
+    def _drain(self, limit: int = 2000) -> list[tuple[int, str, float, Any]]:
+        batch = []
+        pending = self._pending
+        while pending and len(batch) < limit:
+            batch.append(pending.popleft())
+        return batch
+
+    def _run_writer(self) -> None:
+        next_maintenance = time.monotonic() + 0.5
+        next_prune = time.monotonic() + 1.0
+        retry_delay = 0.05
+        batch: list[tuple[int, str, float, Any]] = []
+        rows: list[LogRow] = []
+        while True:
+            if not batch:
+                batch = self._drain()
+                rows = [
+                    LogRow(
+                        seq,
+                        f"evt_{self._boot}_{seq}",
+                        event,
+                        ts,
+                        json.dumps(payload, separators=(",", ":"), default=str),
+                    )
+                    for seq, event, ts, payload in batch
+                ]
+            if rows:
+                try:
+                    self.log.append(rows)
+                except Exception as exc:  # disk full, read-only dir, locked db...
+                    if self._write_error is None:
+                        log.error("event log commit failed, will retry: %s", exc)
+                    self._write_error = f"{type(exc).__name__}: {exc}"
+                    time.sleep(retry_delay)
+                    retry_delay = min(retry_delay * 2, 2.0)
+                    if self._stopping and retry_delay >= 2.0:
+                        log.error("giving up on %d uncommitted events at shutdown", len(rows))
+                        return
+                    continue
+                if self._write_error is not None:
+                    log.info("event log writable again")
+                self._write_error = None
+                retry_delay = 0.05
+                self._on_commit(rows)
+                batch, rows = [], []
+                continue
+            batch = []
+            now = time.monotonic()
+            if now >= next_maintenance:
+                next_maintenance = now + 0.5
+                self._check_listeners(now)
+            if now >= next_prune:
+                next_prune = now + self._prune_interval_s
+                try:
+                    self.log.prune(self.retention)
+                except Exception as exc:
+                    log.warning("event log prune failed: %s", exc)
+            if self._stopping:
+                return
+            self._writer_idle = True
+            if not self._pending:
+                self._wake.wait(0.05)
+            self._writer_idle = False
+            self._wake.clear()
+
+    def _on_commit(self, rows: list[LogRow]) -> None:
+        top = rows[-1].seq
+        with self._ring_lock:
+            self._ring.extend(rows)
+        with self._commit_cond:
+            self._committed_seq = top
+            self._commit_cond.notify_all()
+            ready = [w for w in self._async_waiters if w[0] <= top]
+            if ready:
+                self._async_waiters = [w for w in self._async_waiters if w[0] > top]
+        for _, loop, fut in ready:
+            loop.call_soon_threadsafe(_resolve, fut)
+        with self._subs_lock:
+            loops = [loop for loop, subs in self._subscriptions.items() if subs]
+        for loop in loops:
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(self._wake_subscribers, loop)
+        with self._listeners_lock:
+            listeners = list(self._listeners)
+        for handle in listeners:
+            for row in rows:
+                if handle.wants(row.event):
+                    handle.offer(row)
+
+    def _check_listeners(self, now: float) -> None:
+        for handle in list(self._listeners):
+            since = handle.busy_since
+            if since is not None and not handle.stalled and now - since > self.listener_budget_s:
+                handle.stalled = True
+                log.warning(
+                    "listener %s has been busy for over %.1f s; other listeners are unaffected",
+                    handle.name,
+                    self.listener_budget_s,
+                )
+
+    # -- listeners ---------------------------------------------------------------------------
+    def register_listener(
+        self, fn: Listener, events: Iterable[str] | None = None, *, name: str | None = None
+    ) -> ListenerHandle:
+        """Call ``fn(event, payload_copy)`` for each committed event on its own thread."""
+        wanted = None if events is None else frozenset(events)
+        if wanted is not None:
+            unknown = sorted(wanted - set(self._known))
+            if unknown:
+                raise UnknownHookError(unknown[0])
+        label = name or getattr(fn, "__qualname__", repr(fn))
+        handle = ListenerHandle(fn, wanted, label)
+        handle.start()
+        with self._listeners_lock:
+            self._listeners.append(handle)
+        return handle
+
+    def unregister_listener(self, handle: ListenerHandle) -> bool:
+        with self._listeners_lock:
+            if handle not in self._listeners:
+                return False
+            self._listeners.remove(handle)
+        handle.stop(timeout=0.5)
+        return True
+
+    def listeners(self) -> list[ListenerHandle]:
+        with self._listeners_lock:
+            return list(self._listeners)
+
+    # -- subscribers -------------------------------------------------------------------------
+    def subscribe(
+        self, topics: Iterable[str] | None = None, since: int | None = None
+    ) -> Subscription:
+        """An async cursor over committed envelopes; call from the loop that will read it."""
+        wanted = None if topics is None else frozenset(topics)
+        if wanted is not None:
+            unknown = sorted(wanted - set(self._known))
+            if unknown:
+                raise UnknownHookError(unknown[0])
+        loop = asyncio.get_running_loop()
+        start = self._committed_seq if since is None else min(max(since, 0), self._committed_seq)
+        sub = Subscription(self, wanted, start, loop)
+        with self._subs_lock:
+            self._subscriptions.setdefault(loop, set()).add(sub)
+        return sub
+
+    def _unsubscribe(self, sub: Subscription) -> None:
+        with self._subs_lock:
+            subs = self._subscriptions.get(sub.loop)
+            if subs is not None:
+                subs.discard(sub)
+                if not subs:
+                    del self._subscriptions[sub.loop]
+
+    def _wake_subscribers(self, loop: asyncio.AbstractEventLoop) -> None:
+        with self._subs_lock:
+            subs = list(self._subscriptions.get(loop, ()))
+        for sub in subs:
+            sub._wake.set()
+
+    def subscriber_count(self) -> int:
+        with self._subs_lock:
+            return sum(len(s) for s in self._subscriptions.values())
+
+    def _from_ring(self, cursor: int, limit: int) -> list[LogRow] | None:
+        """Rows after ``cursor`` from memory, or None when the ring no longer reaches back."""
+        with self._ring_lock:
+            if not self._ring:
+                return None if cursor < self._committed_seq else []
+            first = self._ring[0].seq
+            if cursor + 1 < first:
+                return None
+            start = cursor + 1 - first
+            return list(islice(self._ring, start, start + limit))
+
+    # -- history -----------------------------------------------------------------------------
+    def history(
+        self, *, limit: int = 25, since: int | None = None, events: Iterable[str] | None = None
+    ) -> list[dict[str, Any]]:
+        if since is None:
+            rows = self.log.read_latest(limit, events)
+        else:
+            rows = self.log.read_since(since, limit, events)
+        return [envelope_dict(r) for r in rows]
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "emitted": self.emitted,
+            "latest_seq": self._seq,
+            "committed_seq": self._committed_seq,
+            "pending": len(self._pending),
+            "subscribers": self.subscriber_count(),
+            "listeners": [h.stats() for h in self.listeners()],
+            "write_error": self._write_error,
+        }
+
+    # -- shutdown ----------------------------------------------------------------------------
+    def close(self, timeout: float = 10.0) -> None:
+        """Commit everything still pending, then stop listeners and close the log."""
+        if self._stopping:
+            return
+        self._stopping = True
+        self._wake.set()
+        self._writer.join(timeout)
+        for handle in self.listeners():
+            handle.stop(timeout=1.0)
+        with self._listeners_lock:
+            self._listeners.clear()
+        self.log.close()
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+class Subscription:
+    """A cursor that never drops: it reads from memory, or from the log when it fell behind."""
+
+    def __init__(
+        self,
+        bus: HookBus,
+        topics: frozenset[str] | None,
+        cursor: int,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.bus = bus
+        self.topics = topics
+        self.cursor = cursor
+        self.loop = loop
+        self._wake = asyncio.Event()
+        self.closed = False
+
+    def _matches(self, row: LogRow) -> bool:
+        return self.topics is None or row.event in self.topics
+
+    async def next_batch(self, limit: int = 500) -> list[LogRow | Gap]:
+        """Wait for and return the next envelopes (or a gap notice) after the cursor."""
+        while True:
+            self._wake.clear()
+            items = await self._collect(limit)
+            if items:
+                return items
+            await self._wake.wait()
+
+    async def _collect(self, limit: int) -> list[LogRow | Gap]:
+        bus = self.bus
+        while self.cursor < bus.committed_seq:
+            rows = bus._from_ring(self.cursor, limit)
+            if rows is None:
+                return await asyncio.to_thread(self._catch_up_from_log, limit)
+            if not rows:
+                return []
+            self.cursor = rows[-1].seq
+            matched: list[LogRow | Gap] = [r for r in rows if self._matches(r)]
+            if matched:
+                return matched
+        return []
+
+    def _catch_up_from_log(self, limit: int) -> list[LogRow | Gap]:
+        bus = self.bus
+        snapshot = bus.committed_seq
+        first = bus.log.first_seq()
+        if first is None or self.cursor + 1 < first:
+            last_missing = (first - 1) if first is not None else snapshot
+            if last_missing > self.cursor:
+                gap = Gap(self.cursor + 1, last_missing)
+                self.cursor = last_missing
+                return [gap]
+        rows = bus.log.read_since(self.cursor, limit, self.topics)
+        if len(rows) < limit:
+            self.cursor = max(self.cursor, snapshot, rows[-1].seq if rows else 0)
+        else:
+            self.cursor = rows[-1].seq
+        return list(rows)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.bus._unsubscribe(self)
+
+    async def __aenter__(self) -> Subscription:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()

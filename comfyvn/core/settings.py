@@ -1,0 +1,111 @@
+"""Server settings resolved from the command line and the environment.
+
+Precedence: explicit argument, then ``COMFYVN_*`` environment variable, then default.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["Settings", "ensure_token", "env_flag", "read_token"]
+
+TOKEN_FILE = "api_token"
+
+
+def env_flag(name: str, default: bool = False) -> bool:
+    value = os.environ.get(name)
+    if value is None or value.strip() == "":
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def default_data_dir() -> Path:
+    env = os.environ.get("COMFYVN_DATA_DIR")
+    if env:
+        return Path(env)
+    return Path.home() / ".comfyvn"
+
+
+@dataclass(slots=True)
+class Settings:
+    data_dir: Path = field(default_factory=default_data_dir)
+    host: str = "127.0.0.1"
+    port: int = 8001
+    dev_mode: bool = field(default_factory=lambda: env_flag("COMFYVN_DEV_MODE"))
+    demo: bool = False
+    plugin_root: Path = field(
+        default_factory=lambda: Path(os.environ.get("COMFYVN_MOD_PLUGIN_ROOT", "dev/modder_hooks"))
+    )
+    allowed_hosts: tuple[str, ...] = field(
+        default_factory=lambda: tuple(
+            h.strip() for h in os.environ.get("COMFYVN_ALLOWED_HOSTS", "").split(",") if h.strip()
+        )
+    )
+    allowed_origins: tuple[str, ...] = field(
+        default_factory=lambda: tuple(
+            o.strip().rstrip("/")
+            for o in os.environ.get("COMFYVN_ALLOWED_ORIGINS", "").split(",")
+            if o.strip()
+        )
+    )
+    ws_heartbeat_s: float = field(
+        default_factory=lambda: float(os.environ.get("COMFYVN_WS_HEARTBEAT", "20"))
+    )
+    sse_keepalive_s: float = field(
+        default_factory=lambda: float(os.environ.get("COMFYVN_SSE_KEEPALIVE", "15"))
+    )
+    history_max_events: int | None = field(
+        default_factory=lambda: int(os.environ.get("COMFYVN_HISTORY_MAX_EVENTS", "100000")) or None
+    )
+    history_max_age_s: float | None = field(
+        default_factory=lambda: (
+            float(os.environ.get("COMFYVN_HISTORY_MAX_AGE", str(30 * 86400))) or None
+        )
+    )
+    token: str | None = None
+
+    def __post_init__(self) -> None:
+        self.data_dir = Path(self.data_dir).expanduser().resolve()
+        self.plugin_root = Path(self.plugin_root).expanduser().resolve()
+
+    @property
+    def events_db(self) -> Path:
+        return self.data_dir / "events.sqlite3"
+
+    @property
+    def token_path(self) -> Path:
+        return self.data_dir / TOKEN_FILE
+
+
+def read_token(data_dir: Path) -> str | None:
+    path = Path(data_dir) / TOKEN_FILE
+    try:
+        value = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return None
+    return value or None
+
+
+def ensure_token(settings: Settings) -> str:
+    """The API token: ``COMFYVN_API_TOKEN`` if set, else ``<data-dir>/api_token`` (0600)."""
+    if settings.token:
+        return settings.token
+    env = os.environ.get("COMFYVN_API_TOKEN", "").strip()
+    if env:
+        return env
+    existing = read_token(settings.data_dir)
+    if existing:
+        return existing
+    token = secrets.token_urlsafe(32)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    path = settings.token_path
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process won the race: use its token
+        return read_token(settings.data_dir) or token
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(token + "\n")
+    return token

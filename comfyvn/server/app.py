@@ -1,0 +1,102 @@
+"""The app factory: one FastAPI app per data dir, its parts started and stopped by the lifespan."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from comfyvn import __version__
+from comfyvn.core import modder_hooks
+from comfyvn.core.event_log import RetentionPolicy, SQLiteEventLog
+from comfyvn.core.hook_bus import HookBus
+from comfyvn.core.settings import Settings, ensure_token
+
+from .routes import hooks
+from .security import SecurityMiddleware
+from .services import Services
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("comfyvn.server")
+
+ROUTERS = [hooks.router]
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    token = ensure_token(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Plugins and child tools find the data dir the same way the server resolved it.
+        os.environ["COMFYVN_DATA_DIR"] = str(settings.data_dir)
+        bus = HookBus(
+            SQLiteEventLog(settings.events_db),
+            retention=RetentionPolicy(settings.history_max_events, settings.history_max_age_s),
+        )
+        services = Services(settings=settings, bus=bus, token=token)
+        app.state.services = services
+        modder_hooks.set_current_bus(bus)
+        async with AsyncExitStack() as stack:
+            stack.callback(_close_bus, bus)
+            await _start_components(services, stack)
+            log.info("data dir %s, dev mode %s", settings.data_dir, settings.dev_mode)
+            yield
+        log.info("server stopped; %d events committed", bus.committed_seq)
+
+    app = FastAPI(
+        title="ComfyVN Studio API",
+        version=__version__,
+        description="Modder hooks, scenario, assets, webhooks and provider diagnostics.",
+        lifespan=lifespan,
+    )
+    app.add_middleware(
+        SecurityMiddleware,
+        token=token,
+        bind_host=settings.host,
+        allowed_hosts=settings.allowed_hosts,
+        allowed_origins=settings.allowed_origins,
+    )
+    app.add_exception_handler(RequestValidationError, _validation_error)
+
+    @app.get("/health", tags=["server"], summary="Liveness; needs no token")
+    async def health(request: Request) -> dict[str, Any]:
+        services: Services | None = getattr(request.app.state, "services", None)
+        bus = services.bus if services else None
+        return {
+            "ok": bus is not None and bus.write_error is None,
+            "version": __version__,
+            "seq": bus.committed_seq if bus else None,
+            "dev_mode": settings.dev_mode,
+            "event_log_error": bus.write_error if bus else None,
+        }
+
+    for router in ROUTERS:
+        app.include_router(router)
+    return app
+
+
+async def _start_components(services: Services, stack: AsyncExitStack) -> None:
+    """Start the optional parts; each registers its own shutdown on ``stack``."""
+
+
+def _close_bus(bus: HookBus) -> None:
+    modder_hooks.set_current_bus(None)
+    bus.close()
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = [
+        {"loc": list(err.get("loc", ())), "msg": err.get("msg", ""), "type": err.get("type", "")}
+        for err in exc.errors()
+    ]
+    return JSONResponse({"detail": errors}, status_code=422)

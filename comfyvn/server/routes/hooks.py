@@ -1,0 +1,246 @@
+"""Modder hook routes: catalogue, history, test emit and the live WebSocket stream."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Query, Request, WebSocket, WebSocketDisconnect
+from pydantic import BaseModel, Field, ValidationError
+
+from comfyvn.core.hook_bus import CommitTimeout, Gap, HookBus, UnknownHookError, envelope_json
+from comfyvn.core.hook_specs import HOOK_SPECS
+
+from ..services import Services, get_services
+
+router = APIRouter(prefix="/api/modder/hooks", tags=["modder hooks"])
+
+MAX_TEST_PAYLOAD_BYTES = 256 * 1024
+FIRST_MESSAGE_WAIT_S = 1.0
+
+
+class TestEmitRequest(BaseModel):
+    event: str = Field(description="Hook name, e.g. 'on_scene_enter'.")
+    payload: dict[str, Any] = Field(description="Payload; validated against the hook's model.")
+
+
+class TestEmitResponse(BaseModel):
+    ok: bool = True
+    event: str
+    seq: int
+    id: str
+
+
+class HistoryResponse(BaseModel):
+    ok: bool = True
+    items: list[dict[str, Any]]
+    next_since: int
+
+
+def parse_topics(raw: str | list[str] | None) -> list[str] | None:
+    """``None`` or ``*`` means every hook; unknown names raise :class:`UnknownHookError`."""
+    if raw is None:
+        return None
+    names = raw if isinstance(raw, list) else raw.split(",")
+    cleaned = [str(n).strip() for n in names if str(n).strip()]
+    if not cleaned or "*" in cleaned:
+        return None
+    for name in cleaned:
+        if name not in HOOK_SPECS:
+            raise UnknownHookError(name)
+    return cleaned
+
+
+@router.get("", summary="List hooks with payload descriptions, webhooks, plugins and history")
+async def list_hooks(request: Request) -> dict[str, Any]:
+    services = get_services(request)
+    bus = services.bus
+    history = await asyncio.to_thread(bus.history, limit=15)
+    return {
+        "ok": True,
+        "hooks": [spec.describe() for spec in HOOK_SPECS.values()],
+        "webhooks": services.describe_webhooks(),
+        "plugin_host": services.describe_plugin_host(),
+        "history": history,
+        "bus": bus.stats(),
+    }
+
+
+@router.get("/history", summary="Committed envelopes, oldest first", response_model=HistoryResponse)
+async def history(
+    request: Request,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 25,
+    since: Annotated[int | None, Query(ge=0)] = None,
+    event: Annotated[str | None, Query(description="Hook name(s), comma-separated")] = None,
+) -> HistoryResponse:
+    bus = get_services(request).bus
+    try:
+        events = parse_topics(event)
+    except UnknownHookError as exc:
+        raise HTTPException(400, str(exc)) from None
+    items = await asyncio.to_thread(bus.history, limit=limit, since=since, events=events)
+    next_since = items[-1]["seq"] if items else (since if since is not None else bus.committed_seq)
+    return HistoryResponse(items=items, next_since=next_since)
+
+
+@router.post(
+    "/test",
+    summary="Emit a real event with a validated payload; answers after the commit",
+    response_model=TestEmitResponse,
+    responses={400: {"description": "Unknown hook"}, 413: {"description": "Payload too large"}},
+)
+async def test_emit(request: Request) -> TestEmitResponse:
+    services = get_services(request)
+    body = await _read_limited(request, MAX_TEST_PAYLOAD_BYTES)
+    try:
+        req = TestEmitRequest.model_validate_json(body)
+    except ValidationError as exc:
+        raise HTTPException(422, _errors(exc)) from None
+    spec = HOOK_SPECS.get(req.event)
+    if spec is None:
+        raise HTTPException(400, str(UnknownHookError(req.event)))
+    try:
+        payload = spec.payload_model.model_validate(req.payload).model_dump(mode="json")
+    except ValidationError as exc:
+        raise HTTPException(422, _errors(exc, prefix=("payload",))) from None
+    emitted = services.bus.emit(req.event, payload)
+    await commit_or_503(services.bus, emitted.seq)
+    return TestEmitResponse(event=req.event, seq=emitted.seq, id=emitted.id)
+
+
+async def commit_or_503(bus: HookBus, seq: int) -> None:
+    """Answer only once ``seq`` is durable; a log that cannot commit is a 503, not a 500."""
+    try:
+        await bus.wait_committed(seq)
+    except CommitTimeout as exc:
+        raise HTTPException(503, str(exc)) from None
+
+
+async def _read_limited(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise HTTPException(413, f"request body is {declared} bytes; the limit is {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HTTPException(413, f"request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    if not body:
+        raise HTTPException(422, "request body is empty; send JSON {event, payload}")
+    return body
+
+
+def _errors(exc: ValidationError, prefix: tuple[str | int, ...] = ()) -> list[dict[str, Any]]:
+    return [
+        {"loc": [*prefix, *err["loc"]], "msg": err["msg"], "type": err["type"]}
+        for err in exc.errors(include_url=False, include_context=False, include_input=False)
+    ]
+
+
+# -- WebSocket ---------------------------------------------------------------------------------
+class _BadSubscription(ValueError):
+    pass
+
+
+def _parse_since(raw: Any) -> int | None:
+    if raw is None or raw == "":
+        return None
+    try:
+        value = int(raw)
+    except (TypeError, ValueError):
+        raise _BadSubscription(f"'since' must be a non-negative integer, got {raw!r}") from None
+    if value < 0:
+        raise _BadSubscription(f"'since' must be a non-negative integer, got {value}")
+    return value
+
+
+async def _read_subscription(ws: WebSocket) -> tuple[list[str] | None, int | None]:
+    params = ws.query_params
+    if "topics" in params or "since" in params:
+        return parse_topics(params.get("topics")), _parse_since(params.get("since"))
+    try:
+        text = await asyncio.wait_for(ws.receive_text(), FIRST_MESSAGE_WAIT_S)
+    except TimeoutError:
+        return None, None  # a client that says nothing gets everything, live
+    try:
+        msg = json.loads(text)
+    except json.JSONDecodeError:
+        raise _BadSubscription("first message must be JSON {topics, since}") from None
+    if not isinstance(msg, dict):
+        raise _BadSubscription("first message must be a JSON object {topics, since}")
+    topics = msg.get("topics")
+    if topics is not None and not isinstance(topics, list | str):
+        raise _BadSubscription("'topics' must be a list of hook names")
+    return parse_topics(topics), _parse_since(msg.get("since"))
+
+
+@router.websocket("/ws")
+async def stream(ws: WebSocket) -> None:
+    services: Services = ws.app.state.services
+    bus = services.bus
+    await ws.accept()
+    try:
+        topics, since = await _read_subscription(ws)
+        sub = bus.subscribe(topics, since)
+    except (UnknownHookError, _BadSubscription) as exc:
+        with contextlib.suppress(Exception):
+            await ws.send_json({"ok": False, "error": str(exc)})
+            await ws.close(code=1008, reason=str(exc)[:120])
+        return
+    except WebSocketDisconnect:
+        return
+    subscribed = topics if topics is not None else list(HOOK_SPECS)
+    try:
+        await ws.send_json({"ok": True, "subscribed": subscribed, "seq": bus.committed_seq})
+        await _pump(ws, sub, services.settings.ws_heartbeat_s)
+    except (WebSocketDisconnect, RuntimeError, ConnectionError):
+        pass
+    finally:
+        sub.close()
+
+
+async def _pump(ws: WebSocket, sub: Any, heartbeat_s: float) -> None:
+    """Send envelopes as they commit; a heartbeat keeps idle proxies and clients honest.
+
+    The pending ``next_batch`` task is never cancelled by the heartbeat: it may be reading the
+    log on a worker thread and has already moved the cursor, so cancelling it would lose rows.
+    """
+    reader = asyncio.create_task(_drain_client(ws))
+    pending: asyncio.Future[list[Any]] | None = None
+    try:
+        while True:
+            if pending is None:
+                pending = asyncio.ensure_future(sub.next_batch())
+            done, _ = await asyncio.wait(
+                {pending, reader}, timeout=heartbeat_s, return_when=asyncio.FIRST_COMPLETED
+            )
+            if reader in done:
+                return
+            if pending not in done:
+                await ws.send_text('{"ping":true}')
+                continue
+            items, pending = pending.result(), None
+            for item in items:
+                if isinstance(item, Gap):
+                    await ws.send_text(json.dumps(item.to_dict()))
+                else:
+                    await ws.send_text(envelope_json(item))
+    finally:
+        for task in (reader, pending):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+
+
+async def _drain_client(ws: WebSocket) -> None:
+    """Consume client frames so a disconnect is noticed promptly."""
+    while True:
+        message = await ws.receive()
+        if message["type"] == "websocket.disconnect":
+            return

@@ -1,0 +1,76 @@
+"""Run the app under uvicorn: logging with token redaction, a ready line, clean signals."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+
+import uvicorn
+
+from comfyvn.core.settings import Settings
+
+from .app import create_app
+from .security import install_log_redaction
+
+__all__ = ["serve"]
+
+
+class _ReadyServer(uvicorn.Server):
+    """Prints the URL once the socket is bound, so scripts and tests can wait for it."""
+
+    async def startup(self, sockets: list | None = None) -> None:  # type: ignore[override]
+        await super().startup(sockets)
+        if not self.started:
+            return
+        host, port = self.config.host, self.config.port
+        for server in getattr(self, "servers", []):
+            for sock in server.sockets:
+                port = sock.getsockname()[1]
+                break
+        shown = f"[{host}]" if ":" in host else host
+        print(f"ComfyVN Studio server ready at http://{shown}:{port}", flush=True)
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """Graceful shutdown on SIGINT/SIGTERM, then exit 0 (uvicorn would re-raise the signal)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        sigs = (signal.SIGINT, signal.SIGTERM)
+        original = {sig: signal.signal(sig, self.handle_exit) for sig in sigs}
+        try:
+            yield
+        finally:
+            for sig, handler in original.items():
+                signal.signal(sig, handler)
+
+
+def configure_logging(level: str = "INFO") -> None:
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+    root.setLevel(level)
+    install_log_redaction()
+
+
+def serve(settings: Settings, *, log_level: str = "INFO") -> int:
+    configure_logging(log_level)
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        log_level=log_level.lower(),
+        timeout_graceful_shutdown=5,
+        ws_ping_interval=None,  # our own JSON heartbeat runs on the stream
+    )
+    server = _ReadyServer(config)
+    server.run()
+    return 0 if server.started else 1

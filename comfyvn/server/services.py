@@ -1,0 +1,43 @@
+"""The long-lived parts a running server holds, created and closed by the app's lifespan."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.requests import HTTPConnection
+
+from comfyvn.core.hook_bus import HookBus
+from comfyvn.core.settings import Settings
+
+__all__ = ["Services", "get_services"]
+
+
+@dataclass
+class Services:
+    settings: Settings
+    bus: HookBus
+    token: str
+    # Filled in by the components that own them (plugin host, webhooks, assets, providers...).
+    plugin_host: Any = None
+    webhooks: Any = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def describe_plugin_host(self) -> dict[str, Any]:
+        if self.plugin_host is None:
+            return {
+                "enabled": False,
+                "root": str(self.settings.plugin_root),
+                "plugins": [],
+                "reason": "dev mode is off: no plugin code runs",
+            }
+        return self.plugin_host.describe()
+
+    def describe_webhooks(self) -> list[dict[str, Any]]:
+        if self.webhooks is None:
+            return []
+        return self.webhooks.describe_masked()
+
+
+def get_services(conn: HTTPConnection) -> Services:
+    return conn.app.state.services
