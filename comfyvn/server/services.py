@@ -5,12 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from fastapi import HTTPException
 from starlette.requests import HTTPConnection
 
-from comfyvn.core.hook_bus import HookBus
+from comfyvn.core.hook_bus import CommitTimeout, HookBus
 from comfyvn.core.settings import Settings
 
-__all__ = ["Services", "get_services"]
+__all__ = ["Services", "commit_or_503", "get_services"]
 
 
 @dataclass
@@ -41,3 +42,14 @@ class Services:
 
 def get_services(conn: HTTPConnection) -> Services:
     return conn.app.state.services
+
+
+async def commit_or_503(bus: HookBus, seq: int) -> None:
+    """Answer only once ``seq`` is durable; a log that cannot commit is a 503, not a 500.
+
+    Every route that emits awaits this for its last event before it answers (DESIGN.md s.3).
+    """
+    try:
+        await bus.wait_committed(seq)
+    except CommitTimeout as exc:
+        raise HTTPException(503, str(exc)) from None

@@ -10,10 +10,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Query, Request, WebSocket, WebSocketDisconnect
 from pydantic import BaseModel, Field, ValidationError
 
-from comfyvn.core.hook_bus import CommitTimeout, Gap, HookBus, UnknownHookError, envelope_json
+from comfyvn.core.hook_bus import Gap, UnknownHookError, envelope_json
 from comfyvn.core.hook_specs import HOOK_SPECS
 
-from ..services import Services, get_services
+from ..services import Services, commit_or_503, get_services
 
 router = APIRouter(prefix="/api/modder/hooks", tags=["modder hooks"])
 
@@ -108,14 +108,6 @@ async def test_emit(request: Request) -> TestEmitResponse:
     emitted = services.bus.emit(req.event, payload)
     await commit_or_503(services.bus, emitted.seq)
     return TestEmitResponse(event=req.event, seq=emitted.seq, id=emitted.id)
-
-
-async def commit_or_503(bus: HookBus, seq: int) -> None:
-    """Answer only once ``seq`` is durable; a log that cannot commit is a 503, not a 500."""
-    try:
-        await bus.wait_committed(seq)
-    except CommitTimeout as exc:
-        raise HTTPException(503, str(exc)) from None
 
 
 async def _read_limited(request: Request, limit: int) -> bytes:
