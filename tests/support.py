@@ -23,6 +23,7 @@ class ServerProcess:
 
     data_dir: Path
     extra_args: list[str] = field(default_factory=list)
+    port: int = 0  # 0: a free port on first start; a restart keeps the port it got
     env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[str] | None = None
     url: str = ""
@@ -39,7 +40,7 @@ class ServerProcess:
             "comfyvn",
             "serve",
             "--port",
-            "0",
+            str(self.port),
             "--data-dir",
             str(self.data_dir),
             *self.extra_args,
@@ -55,6 +56,7 @@ class ServerProcess:
                 self.output.append(line)
                 if "server ready at " in line:
                     self.url = line.rsplit(" ", 1)[1].strip()
+                    self.port = int(self.url.rsplit(":", 1)[1])
                     ready.set()
             ready.set()
 

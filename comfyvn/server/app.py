@@ -86,6 +86,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 async def _start_components(services: Services, stack: AsyncExitStack) -> None:
     """Start the optional parts; each registers its own shutdown on ``stack``."""
+    _start_plugin_host(services, stack)
+
+
+def _start_plugin_host(services: Services, stack: AsyncExitStack) -> None:
+    """Dev mode only: outside it no plugin code is imported at all."""
+    if not services.settings.dev_mode:
+        return
+    from comfyvn.core.plugin_host import PluginHost
+
+    budget = float(os.environ.get("COMFYVN_PLUGIN_CALL_BUDGET", "5"))
+    host = PluginHost(services.bus, services.settings.plugin_root, call_budget_s=budget)
+    services.bus.listener_budget_s = budget
+    host.load()
+    services.plugin_host = host
+    stack.callback(host.unload)
 
 
 def _close_bus(bus: HookBus) -> None:

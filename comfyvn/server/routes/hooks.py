@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request, WebSocket, WebSocketDisconnect
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field, ValidationError
 
 from comfyvn.core.hook_bus import Gap, UnknownHookError, envelope_json
@@ -236,3 +238,82 @@ async def _drain_client(ws: WebSocket) -> None:
         message = await ws.receive()
         if message["type"] == "websocket.disconnect":
             return
+
+
+# -- Server-Sent Events ------------------------------------------------------------------------
+@router.get(
+    "/subscribe",
+    summary="The hook stream as Server-Sent Events (id = seq; resume with Last-Event-ID)",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}}, 400: {"description": "Bad topic"}},
+)
+async def subscribe_sse(
+    request: Request,
+    topics: Annotated[str | None, Query(description="Hook names, comma-separated")] = None,
+    since: Annotated[int | None, Query(ge=0, description="Replay envelopes after this seq")] = None,
+) -> StreamingResponse:
+    services = get_services(request)
+    last_event_id = request.headers.get("last-event-id", "").strip()
+    try:
+        wanted = parse_topics(topics)
+        resume = _parse_since(last_event_id) if last_event_id else since
+    except UnknownHookError as exc:
+        raise HTTPException(400, str(exc)) from None
+    except _BadSubscription as exc:
+        raise HTTPException(400, f"Last-Event-ID: {exc}") from None
+    sub = services.bus.subscribe(wanted, resume)
+    hello = {
+        "ok": True,
+        "subscribed": wanted or list(HOOK_SPECS),
+        "seq": services.bus.committed_seq,
+    }
+    keepalive = services.settings.sse_keepalive_s
+
+    async def frames() -> AsyncIterator[str]:
+        pending: asyncio.Future[list[Any]] | None = None
+        try:
+            yield f"retry: 2000\nevent: hello\ndata: {json.dumps(hello)}\n\n"
+            while True:
+                if pending is None:
+                    pending = asyncio.ensure_future(sub.next_batch())
+                done, _ = await asyncio.wait({pending}, timeout=keepalive)
+                if not done:
+                    yield ": keep-alive\n\n"
+                    continue
+                items, pending = pending.result(), None
+                chunk = []
+                for item in items:
+                    if isinstance(item, Gap):
+                        chunk.append(f"event: gap\ndata: {json.dumps(item.to_dict())}\n\n")
+                    else:
+                        chunk.append(f"id: {item.seq}\ndata: {envelope_json(item)}\n\n")
+                yield "".join(chunk)
+        finally:
+            if pending is not None:
+                pending.cancel()
+            sub.close()
+
+    return StreamingResponse(
+        frames(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+# -- plugins -----------------------------------------------------------------------------------
+@router.get("/plugins", summary="Dev-mode plugins: status, hooks, errors")
+async def list_plugins(request: Request) -> dict[str, Any]:
+    return {"ok": True, **get_services(request).describe_plugin_host()}
+
+
+@router.post(
+    "/plugins/reload",
+    summary="Re-import every plugin without restarting the server (dev mode)",
+    responses={409: {"description": "Dev mode is off"}},
+)
+async def reload_plugins(request: Request) -> dict[str, Any]:
+    services = get_services(request)
+    if services.plugin_host is None:
+        raise HTTPException(409, "dev mode is off: start the server with --dev to run plugins")
+    await asyncio.to_thread(services.plugin_host.reload)
+    return {"ok": True, **services.describe_plugin_host()}
