@@ -31,6 +31,25 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return serve(Settings(**kwargs), log_level=args.log_level)
 
 
+def _cmd_hooks_tail(args: argparse.Namespace) -> int:
+    from comfyvn.client.api import resolve_connection
+    from comfyvn.client.tail import tail
+
+    conn = resolve_connection(args.server, args.token, args.data_dir)
+    topics = [t.strip() for t in args.topics.split(",") if t.strip()] if args.topics else None
+    return tail(conn, topics=topics, since=args.since, count=args.count)
+
+
+def _add_connection_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--server", help="server URL (default: $COMFYVN_SERVER or http://127.0.0.1:8001)"
+    )
+    parser.add_argument(
+        "--token", help="API token (default: $COMFYVN_API_TOKEN or <data-dir>/api_token)"
+    )
+    parser.add_argument("--data-dir", help="data dir holding api_token")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="comfyvn", description="ComfyVN Studio core")
     parser.add_argument("--version", action="version", version=f"comfyvn {__version__}")
@@ -53,6 +72,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--log-level", default="INFO")
     serve.set_defaults(func=_cmd_serve)
+
+    hooks = sub.add_parser("hooks", help="modder hook tools").add_subparsers(
+        dest="hooks_command", required=True
+    )
+    tail = hooks.add_parser("tail", help="print live envelopes as JSON lines; resumes on reconnect")
+    tail.add_argument("--topics", help="hook names, comma-separated (default: all)")
+    tail.add_argument("--since", type=int, help="replay envelopes after this seq first")
+    tail.add_argument("--count", type=int, help="exit after this many envelopes")
+    _add_connection_args(tail)
+    tail.set_defaults(func=_cmd_hooks_tail)
     return parser
 
 

@@ -1,0 +1,101 @@
+"""``comfyvn hooks tail``: print live envelopes as JSON lines, resuming after reconnects.
+
+The cursor is the last seq printed (or the server's seq in its hello frame, before anything was
+printed), so a server restart or a dropped connection never skips an envelope and never repeats
+one.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import TextIO
+from urllib.parse import urlencode
+
+from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI
+from websockets.sync.client import connect
+
+from .api import Connection
+
+__all__ = ["tail"]
+
+
+def _stream_url(conn: Connection, topics: list[str] | None, since: int | None) -> str:
+    query: dict[str, str] = {}
+    if topics:
+        query["topics"] = ",".join(topics)
+    if since is not None:
+        query["since"] = str(since)
+    suffix = f"?{urlencode(query)}" if query else "?topics=*"
+    return f"{conn.ws_base}/api/modder/hooks/ws{suffix}"
+
+
+def tail(
+    conn: Connection,
+    *,
+    topics: list[str] | None = None,
+    since: int | None = None,
+    count: int | None = None,
+    out: TextIO = sys.stdout,
+    err: TextIO = sys.stderr,
+    max_backoff_s: float = 5.0,
+) -> int:
+    """Run until interrupted (or ``count`` envelopes were printed); returns an exit code."""
+    cursor = since
+    printed = 0
+    backoff = 0.25
+    headers = {"Authorization": f"Bearer {conn.token}"} if conn.token else {}
+    connected_once = False
+    while count is None or printed < count:
+        try:
+            with connect(
+                _stream_url(conn, topics, cursor),
+                additional_headers=headers,
+                open_timeout=5,
+                max_size=None,
+            ) as ws:
+                hello = json.loads(ws.recv())
+                if not hello.get("ok"):
+                    print(f"comfyvn hooks tail: {hello.get('error')}", file=err)
+                    return 2
+                if cursor is None:
+                    cursor = int(hello.get("seq", 0))
+                if connected_once:
+                    print(f"# reconnected, resuming after seq {cursor}", file=err, flush=True)
+                connected_once = True
+                backoff = 0.25
+                for frame in ws:
+                    msg = json.loads(frame)
+                    if msg.get("ping"):
+                        continue
+                    if msg.get("gap"):
+                        cursor = max(cursor, int(msg["to"]))
+                    else:
+                        cursor = int(msg["seq"])
+                        printed += 1
+                    out.write(json.dumps(msg, separators=(",", ":")) + "\n")
+                    out.flush()
+                    if count is not None and printed >= count:
+                        return 0
+        except InvalidStatus as exc:
+            status = exc.response.status_code
+            if status in (401, 403):
+                print(
+                    f"comfyvn hooks tail: refused by the server ({status}); check the token",
+                    file=err,
+                )
+                return 2
+            print(f"# server answered {status}; retrying", file=err, flush=True)
+        except InvalidURI as exc:
+            print(f"comfyvn hooks tail: bad server URL: {exc}", file=err)
+            return 2
+        except (OSError, ConnectionClosed, TimeoutError) as exc:
+            print(
+                f"# disconnected ({type(exc).__name__}); retrying in {backoff:.2f}s",
+                file=err,
+                flush=True,
+            )
+        time.sleep(backoff)
+        backoff = min(backoff * 2, max_backoff_s)
+    return 0
