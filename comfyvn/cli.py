@@ -40,6 +40,32 @@ def _cmd_hooks_tail(args: argparse.Namespace) -> int:
     return tail(conn, topics=topics, since=args.since, count=args.count)
 
 
+def _cmd_hooks_docs(args: argparse.Namespace) -> int:
+    from comfyvn.core.hook_docs import sync_reference
+
+    path = Path(args.path)
+    if sync_reference(path, write=not args.check):
+        print(f"{path}: hook reference is up to date")
+        return 0
+    if args.check:
+        print(f"{path}: hook reference is stale; run 'comfyvn hooks docs --write'", file=sys.stderr)
+        return 1
+    print(f"{path}: hook reference regenerated")
+    return 0
+
+
+def _cmd_scenario_play(args: argparse.Namespace) -> int:
+    from comfyvn.scenario.player import play_command
+
+    return play_command(args)
+
+
+def _cmd_scenario_validate(args: argparse.Namespace) -> int:
+    from comfyvn.scenario.player import validate_command
+
+    return validate_command(args)
+
+
 def _add_connection_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--server", help="server URL (default: $COMFYVN_SERVER or http://127.0.0.1:8001)"
@@ -82,6 +108,27 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--count", type=int, help="exit after this many envelopes")
     _add_connection_args(tail)
     tail.set_defaults(func=_cmd_hooks_tail)
+    docs = hooks.add_parser("docs", help="regenerate the hook reference in the modder docs")
+    docs.add_argument("--path", default="docs/dev_notes_modder_hooks.md")
+    mode = docs.add_mutually_exclusive_group()
+    mode.add_argument("--write", action="store_true", help="rewrite the block (default)")
+    mode.add_argument("--check", action="store_true", help="exit 1 if the block is stale")
+    docs.set_defaults(func=_cmd_hooks_docs)
+
+    scenario = sub.add_parser("scenario", help="scenario tools").add_subparsers(
+        dest="scenario_command", required=True
+    )
+    play = scenario.add_parser("play", help="play a scene in the terminal (numbered choices)")
+    play.add_argument("file", help="scene JSON file, or a bundled demo name ('lighthouse')")
+    play.add_argument("--seed", type=int, help="seed for Enter / --auto picks")
+    play.add_argument("--pov", help="point of view (default: the scene's default_pov)")
+    play.add_argument("--auto", action="store_true", help="let the seeded generator pick all")
+    play.add_argument("--show-hooks", action="store_true", help="in-process: print hooks")
+    _add_connection_args(play)  # --server plays through the API; without it, in-process
+    play.set_defaults(func=_cmd_scenario_play)
+    check = scenario.add_parser("validate", help="list a scene's errors and warnings")
+    check.add_argument("file", help="scene JSON file, or a bundled demo name")
+    check.set_defaults(func=_cmd_scenario_validate)
     return parser
 
 

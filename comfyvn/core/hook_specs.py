@@ -100,6 +100,7 @@ class HookSpec:
     payload_model: type[BaseModel]
     version: int = 1
     schema: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    example: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def field_descriptions(self) -> dict[str, str]:
         return {
@@ -113,6 +114,7 @@ class HookSpec:
             "version": self.version,
             "payload": self.field_descriptions(),
             "schema": self.schema,
+            "example": self.example,
         }
 
 
@@ -120,14 +122,25 @@ HOOK_SPECS: dict[str, HookSpec] = {}
 
 
 def define_hook(
-    name: str, description: str, payload_model: type[BaseModel], version: int = 1
+    name: str,
+    description: str,
+    payload_model: type[BaseModel],
+    version: int = 1,
+    example: dict[str, Any] | None = None,
 ) -> HookSpec:
-    """Declare a hook; the API, WebSocket topics and generated docs pick it up from here."""
+    """Declare a hook; the API, WebSocket topics and generated docs pick it up from here.
+
+    ``example`` is validated against the model here, so a documented example cannot go stale.
+    """
     if name in HOOK_SPECS:
         raise ValueError(f"hook {name!r} is already defined")
     if not name.isidentifier() or not name.startswith("on_"):
         raise ValueError(f"hook name {name!r} must be an identifier starting with 'on_'")
-    spec = HookSpec(name, description, payload_model, version, payload_model.model_json_schema())
+    if example is not None:
+        payload_model.model_validate(example)
+    spec = HookSpec(
+        name, description, payload_model, version, payload_model.model_json_schema(), example or {}
+    )
     HOOK_SPECS[name] = spec
     return spec
 
@@ -136,38 +149,84 @@ def hook_names() -> list[str]:
     return list(HOOK_SPECS)
 
 
+_SCENE_EXAMPLE: dict[str, Any] = {
+    "scene_id": "harbor_night",
+    "node": "pier",
+    "pov": "mira",
+    "variables": {"trust": 2, "flags": {"met_captain": True}},
+    "history": [{"node": "start", "choice": "walk_pier"}, {"node": "pier", "choice": None}],
+    "finished": False,
+    "timestamp": 1761050000.125,
+}
+_ASSET_EXAMPLE: dict[str, Any] = {
+    "uid": "a3f1c2d4e5b6a7980123456789abcdef",
+    "type": "character.portrait",
+    "path": "character/portrait/mira_a3f1c2d4.png",
+    "meta": {"character": "mira", "tags": ["smile"]},
+    "sidecar": "character/portrait/mira_a3f1c2d4.png.asset.json",
+    "bytes": 20480,
+    "hook_event": "on_asset_saved",
+    "timestamp": 1761050001.5,
+    "resaved": False,
+}
+
+
 define_hook(
     "on_scene_enter",
     "A scenario entered a node (the start node included: the initial state).",
     SceneEnterPayload,
+    example=_SCENE_EXAMPLE,
 )
 define_hook(
     "on_choice_render",
     "A node's choices were rendered for the current POV (only the offered choices).",
     ChoiceRenderPayload,
+    example={
+        **_SCENE_EXAMPLE,
+        "choices": [
+            {"id": "board", "label": "Board the ship", "target": "deck"},
+            {"id": "wait", "label": "Wait for dawn", "target": "dawn"},
+        ],
+    },
 )
 define_hook(
     "on_asset_saved",
     "An asset file was saved and registered (also on identical re-registration).",
     AssetPayload,
+    example=_ASSET_EXAMPLE,
 )
 define_hook(
     "on_asset_registered",
     "An asset row was written to the registry.",
     AssetPayload,
+    example={**_ASSET_EXAMPLE, "hook_event": "on_asset_registered"},
 )
 define_hook(
     "on_asset_sidecar_written",
     "An asset's sidecar JSON was written next to its file.",
     AssetPayload,
+    example={**_ASSET_EXAMPLE, "hook_event": "on_asset_sidecar_written"},
 )
 define_hook(
     "on_asset_meta_updated",
     "An asset's metadata was patched (sidecar rewritten).",
     AssetMetaUpdatedPayload,
+    example={
+        **{k: _ASSET_EXAMPLE[k] for k in ("uid", "type", "path", "sidecar")},
+        "meta": {"character": "mira", "tags": ["smile", "night"]},
+        "changes": {"tags": ["smile", "night"]},
+        "hook_event": "on_asset_meta_updated",
+        "timestamp": 1761050002.0,
+    },
 )
 define_hook(
     "on_asset_removed",
     "An asset was removed from the registry.",
     AssetRemovedPayload,
+    example={
+        **{k: _ASSET_EXAMPLE[k] for k in ("uid", "type", "path")},
+        "deleted_files": True,
+        "hook_event": "on_asset_removed",
+        "timestamp": 1761050003.0,
+    },
 )
