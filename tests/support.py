@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -24,6 +25,7 @@ class ServerProcess:
     data_dir: Path
     extra_args: list[str] = field(default_factory=list)
     port: int = 0  # 0: a free port on first start; a restart keeps the port it got
+    rlimits: dict[int, tuple[int, int]] = field(default_factory=dict)  # resource.RLIMIT_*
     env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[str] | None = None
     url: str = ""
@@ -45,8 +47,20 @@ class ServerProcess:
             str(self.data_dir),
             *self.extra_args,
         ]
+        limits = dict(self.rlimits)
+
+        def apply_limits() -> None:
+            for which, value in limits.items():
+                resource.setrlimit(which, value)
+
         self.proc = subprocess.Popen(
-            cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            cmd,
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            preexec_fn=apply_limits if limits else None,
         )
         ready = threading.Event()
 

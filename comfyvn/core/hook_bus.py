@@ -180,10 +180,12 @@ class HookBus:
         ring_size: int = 10_000,
         listener_budget_s: float = 5.0,
         prune_interval_s: float = 60.0,
+        commit_timeout_s: float = 10.0,
     ) -> None:
         self.log = log_store
         self.retention = retention or RetentionPolicy()
         self.listener_budget_s = listener_budget_s
+        self.commit_timeout_s = commit_timeout_s
         self._prune_interval_s = prune_interval_s
         self._boot = secrets.token_hex(8)
         self._known = HOOK_SPECS  # live view: hooks defined later are accepted too
@@ -241,8 +243,9 @@ class HookBus:
             if not self._commit_cond.wait_for(lambda: self._committed_seq >= target, timeout):
                 raise CommitTimeout(self._timeout_message(target))
 
-    async def wait_committed(self, seq: int, timeout: float = 10.0) -> None:
+    async def wait_committed(self, seq: int, timeout: float | None = None) -> None:
         """Await the commit of ``seq``: API calls answer only after their events are durable."""
+        timeout = self.commit_timeout_s if timeout is None else timeout
         if self._committed_seq >= seq:
             return
         loop = asyncio.get_running_loop()

@@ -10,7 +10,7 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["Settings", "ensure_token", "env_flag", "read_token"]
+__all__ = ["DataDirError", "Settings", "ensure_token", "env_flag", "prepare_data_dir", "read_token"]
 
 TOKEN_FILE = "api_token"
 
@@ -65,6 +65,9 @@ class Settings:
             float(os.environ.get("COMFYVN_HISTORY_MAX_AGE", str(30 * 86400))) or None
         )
     )
+    commit_timeout_s: float = field(
+        default_factory=lambda: float(os.environ.get("COMFYVN_COMMIT_TIMEOUT", "10"))
+    )
     token: str | None = None
 
     def __post_init__(self) -> None:
@@ -78,6 +81,26 @@ class Settings:
     @property
     def token_path(self) -> Path:
         return self.data_dir / TOKEN_FILE
+
+
+class DataDirError(OSError):
+    """The data dir cannot be created or written; the message says which path and why."""
+
+
+def prepare_data_dir(path: Path) -> None:
+    """Create the data dir and prove it is writable before anything is started on it."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataDirError(f"cannot create data dir {path}: {exc.strerror or exc}") from None
+    if not path.is_dir():
+        raise DataDirError(f"data dir {path} exists but is not a directory")
+    probe = path / ".write-probe"
+    try:
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as exc:
+        raise DataDirError(f"data dir {path} is not writable: {exc.strerror or exc}") from None
 
 
 def read_token(data_dir: Path) -> str | None:

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import uvicorn
 
-from comfyvn.core.settings import Settings
+from comfyvn.core.settings import DataDirError, Settings
 
 from .app import create_app
 from .security import install_log_redaction
@@ -61,7 +61,11 @@ def configure_logging(level: str = "INFO") -> None:
 
 def serve(settings: Settings, *, log_level: str = "INFO") -> int:
     configure_logging(log_level)
-    app = create_app(settings)
+    try:
+        app = create_app(settings)
+    except DataDirError as exc:
+        print(f"comfyvn serve: {exc}", file=sys.stderr)
+        return 2
     config = uvicorn.Config(
         app,
         host=settings.host,
