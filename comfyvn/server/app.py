@@ -17,8 +17,10 @@ from comfyvn.core import modder_hooks
 from comfyvn.core.event_log import RetentionPolicy, SQLiteEventLog
 from comfyvn.core.hook_bus import HookBus
 from comfyvn.core.settings import Settings, ensure_token
+from comfyvn.webhooks import start_webhooks
 
 from .routes import hooks
+from .routes import webhooks as webhook_routes
 from .security import SecurityMiddleware
 from .services import Services
 
@@ -26,7 +28,7 @@ __all__ = ["create_app"]
 
 log = logging.getLogger("comfyvn.server")
 
-ROUTERS = [hooks.router]
+ROUTERS = [hooks.router, webhook_routes.router]
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -86,6 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 async def _start_components(services: Services, stack: AsyncExitStack) -> None:
     """Start the optional parts; each registers its own shutdown on ``stack``."""
+    await start_webhooks(services, stack)  # first: events emitted at start-up get deliveries
     _start_plugin_host(services, stack)
 
 

@@ -1,0 +1,195 @@
+"""Webhook records (plain dataclasses inside) and the API bodies (pydantic at the edge)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .safety import MAX_URL_LENGTH, redact_url
+from .signing import mask_secret, parse_secret
+
+__all__ = [
+    "DELIVERY_STATUSES",
+    "Attempt",
+    "Delivery",
+    "DeliveryStatus",
+    "RotateSecretRequest",
+    "Subscription",
+    "WebhookCreate",
+    "WebhookDeleteByUrl",
+    "WebhookPatch",
+]
+
+DeliveryStatus = Literal["pending", "delivered", "failed"]
+DELIVERY_STATUSES: tuple[str, ...] = ("pending", "delivered", "failed")
+ALL_EVENTS = "*"
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    id: str
+    url: str
+    events: tuple[str, ...]  # ("*",) means every hook
+    secret: str
+    enabled: bool
+    description: str
+    created_at: float
+    updated_at: float
+    old_secret: str | None = None
+    old_secret_expires_at: float | None = None
+    disabled_reason: str | None = None
+    consecutive_failures: int = 0
+    last_success_at: float | None = None
+    last_failure_at: float | None = None
+
+    @property
+    def event_filter(self) -> frozenset[str] | None:
+        return None if ALL_EVENTS in self.events else frozenset(self.events)
+
+    def signing_keys(self, now: float) -> list[bytes]:
+        """The current key, plus the previous one while its rotation grace period lasts."""
+        keys = [parse_secret(self.secret)]
+        if self.old_secret and (self.old_secret_expires_at or 0) > now:
+            keys.append(parse_secret(self.old_secret))
+        return keys
+
+    def masked(self, now: float | None = None) -> dict[str, Any]:
+        rotating = bool(self.old_secret) and (
+            now is None or (self.old_secret_expires_at or 0) > now
+        )
+        return {
+            "id": self.id,
+            "url": redact_url(self.url),
+            "events": list(self.events),
+            "secret": mask_secret(self.secret),
+            "enabled": self.enabled,
+            "description": self.description,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "disabled_reason": self.disabled_reason,
+            "consecutive_failures": self.consecutive_failures,
+            "last_success_at": self.last_success_at,
+            "last_failure_at": self.last_failure_at,
+            "previous_secret_expires_at": self.old_secret_expires_at if rotating else None,
+        }
+
+
+@dataclass(slots=True)
+class Delivery:
+    id: int
+    webhook_id: str
+    event_seq: int | None
+    event_id: str
+    event: str
+    status: str
+    attempts: int
+    tries: int
+    next_attempt_at: float | None
+    created_at: float
+    updated_at: float
+    last_status_code: int | None
+    last_error: str | None
+    last_latency_ms: float | None
+    body: str
+
+    def to_dict(self, *, envelope: bool = False) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "id": self.id,
+            "webhook_id": self.webhook_id,
+            "event": self.event,
+            "event_id": self.event_id,
+            "seq": self.event_seq,
+            "status": self.status,
+            "attempts": self.attempts,
+            "next_attempt_at": self.next_attempt_at if self.status == "pending" else None,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "last_status_code": self.last_status_code,
+            "last_error": self.last_error,
+            "last_latency_ms": self.last_latency_ms,
+        }
+        if envelope:
+            out["envelope"] = json.loads(self.body)
+        return out
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One HTTP attempt as logged: status code, latency, error and the start of the response."""
+
+    delivery_id: int
+    webhook_id: str
+    started_at: float
+    latency_ms: float
+    status_code: int | None
+    error: str | None
+    response: str | None
+    retry_after: float | None = None
+    number: int = 0
+    outcome: str = ""  # delivered | retry | failed | disabled
+
+    @property
+    def ok(self) -> bool:
+        return self.status_code is not None and 200 <= self.status_code < 300
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "attempt": self.number,
+            "started_at": self.started_at,
+            "latency_ms": self.latency_ms,
+            "status_code": self.status_code,
+            "ok": self.ok,
+            "error": self.error,
+            "response": self.response,
+            "outcome": self.outcome,
+        }
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class WebhookCreate(_Body):
+    url: str = Field(
+        max_length=MAX_URL_LENGTH, description="http(s) URL that receives the POSTed envelopes."
+    )
+    events: list[str] = Field(
+        default_factory=lambda: [ALL_EVENTS],
+        min_length=1,
+        max_length=100,
+        description="Hook names to forward, or ['*'] for every hook.",
+    )
+    secret: str | None = Field(
+        default=None,
+        max_length=200,
+        description="'whsec_' + base64 key (24-64 bytes); generated when omitted.",
+    )
+    enabled: bool = True
+    description: str = Field(default="", max_length=500)
+
+
+class WebhookPatch(_Body):
+    url: str | None = Field(default=None, max_length=MAX_URL_LENGTH)
+    events: list[str] | None = Field(default=None, min_length=1, max_length=100)
+    enabled: bool | None = Field(
+        default=None, description="Re-enabling clears the disable reason and failure count."
+    )
+    description: str | None = Field(default=None, max_length=500)
+
+
+class WebhookDeleteByUrl(_Body):
+    event: str = Field(description="Hook name to stop forwarding to the URL, or '*' for all.")
+    url: str = Field(max_length=MAX_URL_LENGTH)
+
+
+class RotateSecretRequest(_Body):
+    secret: str | None = Field(default=None, max_length=200, description="New secret, or none.")
+    grace_seconds: float | None = Field(
+        default=None,
+        ge=0,
+        le=30 * 24 * 3600,
+        description="How long the old secret keeps signing too (default 24 h).",
+    )

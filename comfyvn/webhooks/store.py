@@ -1,0 +1,406 @@
+"""Webhook tables in the event log's SQLite file.
+
+Living next to ``events`` is what makes the outbox exact: the bus writer inserts the delivery
+rows inside the transaction that commits the events (:mod:`comfyvn.webhooks.outbox`). This
+module owns its own connection for everything else (subscriptions, attempts, status updates).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Literal
+
+from comfyvn.core.event_log import connect
+
+from .models import Attempt, Delivery, Subscription
+
+__all__ = ["INSERT_DELIVERY_SQL", "Outcome", "WebhookStore"]
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS webhook_subscriptions (
+    id                    TEXT PRIMARY KEY,
+    url                   TEXT NOT NULL,
+    events                TEXT NOT NULL,
+    secret                TEXT NOT NULL,
+    enabled               INTEGER NOT NULL DEFAULT 1,
+    description           TEXT NOT NULL DEFAULT '',
+    created_at            REAL NOT NULL,
+    updated_at            REAL NOT NULL,
+    old_secret            TEXT,
+    old_secret_expires_at REAL,
+    disabled_reason       TEXT,
+    consecutive_failures  INTEGER NOT NULL DEFAULT 0,
+    last_success_at       REAL,
+    last_failure_at       REAL
+);
+CREATE TABLE IF NOT EXISTS webhook_deliveries (
+    id               INTEGER PRIMARY KEY AUTOINCREMENT,
+    webhook_id       TEXT NOT NULL,
+    event_seq        INTEGER,
+    event_id         TEXT NOT NULL,
+    event            TEXT NOT NULL,
+    body             TEXT NOT NULL,
+    status           TEXT NOT NULL DEFAULT 'pending',
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    tries            INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at  REAL,
+    created_at       REAL NOT NULL,
+    updated_at       REAL NOT NULL,
+    last_status_code INTEGER,
+    last_error       TEXT,
+    last_latency_ms  REAL
+);
+CREATE INDEX IF NOT EXISTS webhook_deliveries_due
+    ON webhook_deliveries(webhook_id, status, next_attempt_at);
+CREATE INDEX IF NOT EXISTS webhook_deliveries_by_hook ON webhook_deliveries(webhook_id, id);
+CREATE TABLE IF NOT EXISTS webhook_attempts (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    delivery_id INTEGER NOT NULL,
+    attempt     INTEGER NOT NULL,
+    started_at  REAL NOT NULL,
+    latency_ms  REAL NOT NULL,
+    status_code INTEGER,
+    error       TEXT,
+    response    TEXT,
+    outcome     TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS webhook_attempts_by_delivery ON webhook_attempts(delivery_id, id);
+"""
+
+INSERT_DELIVERY_SQL = (
+    "INSERT INTO webhook_deliveries(webhook_id, event_seq, event_id, event, body, "
+    "next_attempt_at, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+_SUB_COLUMNS = [f.name for f in fields(Subscription)]
+_DELIVERY_COLUMNS = [f.name for f in fields(Delivery)]
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What one attempt did to its delivery (and maybe to its subscription)."""
+
+    attempt: Attempt
+    status: str  # pending | delivered | failed
+    tries: int
+    next_attempt_at: float | None
+    effect: Literal["success", "retry", "exhausted", "gone", "none"]
+
+
+class WebhookStore:
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._conn = connect(self.path)
+        self._lock = threading.Lock()
+        self._conn.executescript(SCHEMA)
+
+    def close(self) -> None:
+        with self._lock, contextlib.suppress(sqlite3.Error):
+            self._conn.close()
+
+    @contextlib.contextmanager
+    def _txn(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            conn = self._conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+    def _query(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return self._conn.execute(sql, args).fetchall()
+
+    # -- subscriptions -----------------------------------------------------------------------
+    @staticmethod
+    def _sub(row: Sequence[Any]) -> Subscription:
+        values = dict(zip(_SUB_COLUMNS, row, strict=True))
+        values["events"] = tuple(json.loads(values["events"]))
+        values["enabled"] = bool(values["enabled"])
+        return Subscription(**values)
+
+    def list_subscriptions(self) -> list[Subscription]:
+        rows = self._query(
+            f"SELECT {', '.join(_SUB_COLUMNS)} FROM webhook_subscriptions ORDER BY created_at, id"
+        )
+        return [self._sub(r) for r in rows]
+
+    def get_subscription(self, sub_id: str) -> Subscription | None:
+        rows = self._query(
+            f"SELECT {', '.join(_SUB_COLUMNS)} FROM webhook_subscriptions WHERE id = ?", (sub_id,)
+        )
+        return self._sub(rows[0]) if rows else None
+
+    def insert_subscription(self, sub: Subscription) -> None:
+        values = [getattr(sub, c) for c in _SUB_COLUMNS]
+        values[_SUB_COLUMNS.index("events")] = json.dumps(list(sub.events))
+        values[_SUB_COLUMNS.index("enabled")] = int(sub.enabled)
+        with self._txn() as conn:
+            conn.execute(
+                f"INSERT INTO webhook_subscriptions({', '.join(_SUB_COLUMNS)}) "
+                f"VALUES ({', '.join('?' * len(_SUB_COLUMNS))})",
+                values,
+            )
+
+    def update_subscription(self, sub_id: str, **changes: Any) -> Subscription | None:
+        if "events" in changes:
+            changes["events"] = json.dumps(list(changes["events"]))
+        if "enabled" in changes:
+            changes["enabled"] = int(changes["enabled"])
+        changes["updated_at"] = time.time()
+        assigns = ", ".join(f"{k} = ?" for k in changes)
+        with self._txn() as conn:
+            cur = conn.execute(
+                f"UPDATE webhook_subscriptions SET {assigns} WHERE id = ?",
+                (*changes.values(), sub_id),
+            )
+            if cur.rowcount == 0:
+                return None
+        return self.get_subscription(sub_id)
+
+    def delete_subscription(self, sub_id: str) -> bool:
+        with self._txn() as conn:
+            conn.execute(
+                "DELETE FROM webhook_attempts WHERE delivery_id IN "
+                "(SELECT id FROM webhook_deliveries WHERE webhook_id = ?)",
+                (sub_id,),
+            )
+            conn.execute("DELETE FROM webhook_deliveries WHERE webhook_id = ?", (sub_id,))
+            cur = conn.execute("DELETE FROM webhook_subscriptions WHERE id = ?", (sub_id,))
+            return cur.rowcount > 0
+
+    # -- deliveries --------------------------------------------------------------------------
+    @staticmethod
+    def _delivery(row: Sequence[Any]) -> Delivery:
+        return Delivery(*row)
+
+    _DSELECT = f"SELECT {', '.join(_DELIVERY_COLUMNS)} FROM webhook_deliveries"
+
+    def get_delivery(self, delivery_id: int) -> Delivery | None:
+        rows = self._query(f"{self._DSELECT} WHERE id = ?", (delivery_id,))
+        return self._delivery(rows[0]) if rows else None
+
+    def list_deliveries(
+        self, sub_id: str, *, status: str | None, limit: int, before: int | None
+    ) -> list[Delivery]:
+        sql = f"{self._DSELECT} WHERE webhook_id = ?"
+        args: list[Any] = [sub_id]
+        if status is not None:
+            sql += " AND status = ?"
+            args.append(status)
+        if before is not None:
+            sql += " AND id < ?"
+            args.append(before)
+        sql += " ORDER BY id DESC LIMIT ?"
+        args.append(limit)
+        return [self._delivery(r) for r in self._query(sql, args)]
+
+    def delivery_counts(self, sub_id: str) -> dict[str, int]:
+        rows = self._query(
+            "SELECT status, COUNT(*) FROM webhook_deliveries WHERE webhook_id = ? GROUP BY status",
+            (sub_id,),
+        )
+        counts = {"pending": 0, "delivered": 0, "failed": 0}
+        counts.update({status: n for status, n in rows})
+        return counts
+
+    def attempts(self, delivery_id: int) -> list[Attempt]:
+        rows = self._query(
+            "SELECT attempt, started_at, latency_ms, status_code, error, response, outcome "
+            "FROM webhook_attempts WHERE delivery_id = ? ORDER BY id",
+            (delivery_id,),
+        )
+        return [
+            Attempt(
+                delivery_id=delivery_id,
+                webhook_id="",
+                number=n,
+                started_at=started,
+                latency_ms=latency,
+                status_code=code,
+                error=error,
+                response=response,
+                outcome=outcome,
+            )
+            for n, started, latency, code, error, response, outcome in rows
+        ]
+
+    def due(self, sub_id: str, now: float, limit: int) -> list[Delivery]:
+        rows = self._query(
+            f"{self._DSELECT} WHERE webhook_id = ? AND status = 'pending' "
+            "AND next_attempt_at <= ? ORDER BY next_attempt_at, id LIMIT ?",
+            (sub_id, now, limit),
+        )
+        return [self._delivery(r) for r in rows]
+
+    def next_due_after(self, sub_ids: Sequence[str], now: float) -> float | None:
+        best: float | None = None
+        for sub_id in sub_ids:
+            rows = self._query(
+                "SELECT MIN(next_attempt_at) FROM webhook_deliveries "
+                "WHERE webhook_id = ? AND status = 'pending' AND next_attempt_at > ?",
+                (sub_id, now),
+            )
+            value = rows[0][0]
+            if value is not None and (best is None or value < best):
+                best = value
+        return best
+
+    def insert_ping(self, sub_id: str, msg_id: str, body: str, attempt: Attempt) -> int:
+        """Log a ping (already sent) as a finished delivery with its single attempt."""
+        a = attempt
+        status = "delivered" if a.ok else "failed"
+        with self._txn() as conn:
+            cur = conn.execute(
+                "INSERT INTO webhook_deliveries(webhook_id, event_seq, event_id, event, body, "
+                "status, attempts, tries, next_attempt_at, created_at, updated_at, "
+                "last_status_code, last_error, last_latency_ms) "
+                "VALUES (?, NULL, ?, 'ping', ?, ?, 1, 1, NULL, ?, ?, ?, ?, ?)",
+                (
+                    sub_id,
+                    msg_id,
+                    body,
+                    status,
+                    a.started_at,
+                    a.started_at,
+                    a.status_code,
+                    a.error,
+                    a.latency_ms,
+                ),
+            )
+            delivery_id = int(cur.lastrowid or 0)
+            a.delivery_id, a.number = delivery_id, 1
+            conn.execute(
+                "INSERT INTO webhook_attempts(delivery_id, attempt, started_at, latency_ms, "
+                "status_code, error, response, outcome) VALUES (?, 1, ?, ?, ?, ?, ?, ?)",
+                (
+                    delivery_id,
+                    a.started_at,
+                    a.latency_ms,
+                    a.status_code,
+                    a.error,
+                    a.response,
+                    a.outcome,
+                ),
+            )
+            return delivery_id
+
+    def record(self, outcomes: Sequence[Outcome], disable_after: int) -> list[str]:
+        """Log attempts and apply their effects in one transaction; returns disabled sub ids."""
+        disabled: list[str] = []
+        if not outcomes:
+            return disabled
+        with self._txn() as conn:
+            for o in outcomes:
+                a = o.attempt
+                number = conn.execute(
+                    "UPDATE webhook_deliveries SET attempts = attempts + 1, tries = ?, status = ?, "
+                    "next_attempt_at = ?, updated_at = ?, last_status_code = ?, last_error = ?, "
+                    "last_latency_ms = ? WHERE id = ? RETURNING attempts",
+                    (
+                        o.tries,
+                        o.status,
+                        o.next_attempt_at,
+                        a.started_at,
+                        a.status_code,
+                        a.error,
+                        a.latency_ms,
+                        a.delivery_id,
+                    ),
+                ).fetchall()
+                if not number:  # the subscription was deleted meanwhile
+                    continue
+                a.number = number[0][0]
+                conn.execute(
+                    "INSERT INTO webhook_attempts(delivery_id, attempt, started_at, latency_ms, "
+                    "status_code, error, response, outcome) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        a.delivery_id,
+                        a.number,
+                        a.started_at,
+                        a.latency_ms,
+                        a.status_code,
+                        a.error,
+                        a.response,
+                        a.outcome,
+                    ),
+                )
+                if self._apply_effect(conn, o, disable_after):
+                    disabled.append(a.webhook_id)
+        return disabled
+
+    @staticmethod
+    def _apply_effect(conn: sqlite3.Connection, o: Outcome, disable_after: int) -> bool:
+        a = o.attempt
+        if o.effect == "success":
+            conn.execute(
+                "UPDATE webhook_subscriptions SET consecutive_failures = 0, last_success_at = ? "
+                "WHERE id = ?",
+                (a.started_at, a.webhook_id),
+            )
+            return False
+        if o.effect == "retry":
+            conn.execute(
+                "UPDATE webhook_subscriptions SET last_failure_at = ? WHERE id = ?",
+                (a.started_at, a.webhook_id),
+            )
+            return False
+        if o.effect == "gone":
+            reason = "the receiver answered 410 Gone"
+            cur = conn.execute(
+                "UPDATE webhook_subscriptions SET enabled = 0, disabled_reason = ?, "
+                "last_failure_at = ?, updated_at = ? WHERE id = ? AND enabled = 1",
+                (reason, a.started_at, a.started_at, a.webhook_id),
+            )
+            return cur.rowcount > 0
+        if o.effect == "exhausted":
+            conn.execute(
+                "UPDATE webhook_subscriptions SET consecutive_failures = consecutive_failures + 1, "
+                "last_failure_at = ? WHERE id = ?",
+                (a.started_at, a.webhook_id),
+            )
+            reason = (
+                f"{disable_after} consecutive deliveries failed after every retry "
+                "(COMFYVN_WEBHOOK_DISABLE_AFTER)"
+            )
+            cur = conn.execute(
+                "UPDATE webhook_subscriptions SET enabled = 0, disabled_reason = ?, "
+                "updated_at = ? WHERE id = ? AND enabled = 1 AND consecutive_failures >= ?",
+                (reason, a.started_at, a.webhook_id, disable_after),
+            )
+            return cur.rowcount > 0
+        return False
+
+    # -- retention ---------------------------------------------------------------------------
+    def prune(self, older_than: float) -> int:
+        """Drop finished deliveries (and their attempts) older than the cut-off, and orphans."""
+        with self._txn() as conn:
+            conn.execute(
+                "DELETE FROM webhook_attempts WHERE delivery_id IN (SELECT id FROM "
+                "webhook_deliveries WHERE status != 'pending' AND updated_at < ?)",
+                (older_than,),
+            )
+            cur = conn.execute(
+                "DELETE FROM webhook_deliveries WHERE status != 'pending' AND updated_at < ?",
+                (older_than,),
+            )
+            removed = cur.rowcount
+            conn.execute(
+                "DELETE FROM webhook_attempts WHERE delivery_id IN (SELECT id FROM "
+                "webhook_deliveries WHERE webhook_id NOT IN (SELECT id FROM webhook_subscriptions))"
+            )
+            orphans = conn.execute(
+                "DELETE FROM webhook_deliveries WHERE webhook_id NOT IN "
+                "(SELECT id FROM webhook_subscriptions)"
+            )
+            return removed + orphans.rowcount
