@@ -66,6 +66,12 @@ def _cmd_scenario_validate(args: argparse.Namespace) -> int:
     return validate_command(args)
 
 
+def _cmd_providers_check(args: argparse.Namespace) -> int:
+    from comfyvn.providers.cli_check import run
+
+    return run(args)
+
+
 def _add_connection_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--server", help="server URL (default: $COMFYVN_SERVER or http://127.0.0.1:8001)"
@@ -129,6 +135,19 @@ def build_parser() -> argparse.ArgumentParser:
     check = scenario.add_parser("validate", help="list a scene's errors and warnings")
     check.add_argument("file", help="scene JSON file, or a bundled demo name")
     check.set_defaults(func=_cmd_scenario_validate)
+
+    providers = sub.add_parser("providers", help="compute provider tools").add_subparsers(
+        dest="providers_command", required=True
+    )
+    pcheck = providers.add_parser(
+        "check", help="fresh health checks from the running server, as a table"
+    )
+    _add_connection_args(pcheck)
+    pcheck.add_argument("--id", action="append", help="only this provider (repeatable)")
+    pcheck.add_argument("--json", action="store_true", help="print the server's JSON answer")
+    pcheck.add_argument("--no-color", action="store_true", help="never colour the status")
+    pcheck.add_argument("--timeout", type=float, default=60.0, help="seconds to wait (default 60)")
+    pcheck.set_defaults(func=_cmd_providers_check)
     return parser
 
 

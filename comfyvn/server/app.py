@@ -17,9 +17,11 @@ from comfyvn.core import modder_hooks
 from comfyvn.core.event_log import RetentionPolicy, SQLiteEventLog
 from comfyvn.core.hook_bus import HookBus
 from comfyvn.core.settings import Settings, ensure_token
+from comfyvn.providers.component import start_providers
 from comfyvn.webhooks import start_webhooks
 
 from .routes import hooks
+from .routes import providers as provider_routes
 from .routes import webhooks as webhook_routes
 from .security import SecurityMiddleware
 from .services import Services
@@ -28,7 +30,7 @@ __all__ = ["create_app"]
 
 log = logging.getLogger("comfyvn.server")
 
-ROUTERS = [hooks.router, webhook_routes.router]
+ROUTERS = [hooks.router, webhook_routes.router, provider_routes.router]
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -90,6 +92,7 @@ async def _start_components(services: Services, stack: AsyncExitStack) -> None:
     """Start the optional parts; each registers its own shutdown on ``stack``."""
     await start_webhooks(services, stack)  # first: events emitted at start-up get deliveries
     _start_plugin_host(services, stack)
+    await start_providers(services, stack)
 
 
 def _start_plugin_host(services: Services, stack: AsyncExitStack) -> None:

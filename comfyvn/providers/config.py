@@ -1,0 +1,46 @@
+"""Knobs for the provider checks, read from ``COMFYVN_PROVIDER_*`` so tests can shrink them."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+__all__ = ["ProviderSettings"]
+
+log = logging.getLogger("comfyvn.providers")
+
+
+def _env_number(name: str, default: float, minimum: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        log.warning("%s=%r is not a number; using the default %s", name, raw, default)
+        return default
+    if value < minimum:
+        log.warning("%s=%s is below %s; using the default %s", name, raw, minimum, default)
+        return default
+    return value
+
+
+DEFAULT_TIMEOUT_S = 5.0  # per provider check; the whole run costs about the slowest one
+DEFAULT_CONCURRENCY = 64  # checks in flight at once
+DEFAULT_HISTORY = 50  # checks kept per provider for the panel's sparkline
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderSettings:
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    concurrency: int = DEFAULT_CONCURRENCY
+    history_size: int = DEFAULT_HISTORY
+
+    @classmethod
+    def from_env(cls) -> ProviderSettings:
+        return cls(
+            timeout_s=_env_number("COMFYVN_PROVIDER_TIMEOUT", DEFAULT_TIMEOUT_S, 0.05),
+            concurrency=int(_env_number("COMFYVN_PROVIDER_CONCURRENCY", DEFAULT_CONCURRENCY, 1)),
+            history_size=int(_env_number("COMFYVN_PROVIDER_HISTORY", DEFAULT_HISTORY, 1)),
+        )

@@ -1,0 +1,225 @@
+"""Concurrent health checks: every provider at once, each bounded by a timeout, so a run costs
+about the slowest provider rather than the sum. Keeps the last result per provider and a short
+history for the panel's sparkline, persisted (cheaply) in ``provider_status.json``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import traceback
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from .adapters import adapter_class
+from .adapters.base import Outcome, describe_exception
+from .config import ProviderSettings
+from .files import read_json, write_json_atomic
+from .models import CheckResult, ProviderSpec, Thresholds
+from .registry import ProviderRegistry
+from .secrets import Scrubber
+
+__all__ = ["Check", "HealthService"]
+
+log = logging.getLogger("comfyvn.providers")
+
+STATUS_FILE = "provider_status.json"
+
+
+@dataclass(slots=True)
+class Check:
+    result: CheckResult
+    raw: Any = None
+
+
+class HealthService:
+    def __init__(self, registry: ProviderRegistry, settings: ProviderSettings, data_dir: Path):
+        self.registry = registry
+        self.settings = settings
+        self.status_path = data_dir / STATUS_FILE
+        self._last: dict[str, CheckResult] = {}
+        self._history: dict[str, deque[dict[str, Any]]] = {}
+        self._client: httpx.AsyncClient | None = None
+        self._sem: asyncio.Semaphore | None = None
+        self._persist_lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        timeout = self.settings.timeout_s
+        self._client = httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout),
+            follow_redirects=False,  # a redirect could carry our Authorization header elsewhere
+            limits=httpx.Limits(
+                max_connections=self.settings.concurrency * 2,
+                max_keepalive_connections=self.settings.concurrency,
+            ),
+            headers={"User-Agent": "comfyvn-provider-check"},
+        )
+        self._sem = asyncio.Semaphore(self.settings.concurrency)
+        await asyncio.to_thread(self._load)
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    # -- checks ------------------------------------------------------------------------------
+    async def check(self, specs: list[ProviderSpec]) -> list[Check]:
+        """Run one check per provider concurrently; results in the order given."""
+        scrubber = self.registry.scrubber()
+        checks = list(await asyncio.gather(*(self._check_one(s, scrubber) for s in specs)))
+        for check in checks:
+            self._record(check.result)
+        if checks:
+            await self._persist()
+            counts: dict[str, int] = {}
+            for check in checks:
+                counts[check.result.status] = counts.get(check.result.status, 0) + 1
+            log.info("checked %d provider(s): %s", len(checks), counts)
+        return checks
+
+    async def _check_one(self, spec: ProviderSpec, scrubber: Scrubber) -> Check:
+        if not spec.enabled:
+            return Check(self._result(spec, Outcome("gray", "disabled", "disabled"), None))
+        secrets = self.registry.secrets.resolve(spec.id)
+        if secrets.unresolved:
+            missing = ", ".join(
+                f"secrets.{name} -> ${var}" for name, var in sorted(secrets.unresolved.items())
+            )
+            outcome = Outcome(
+                "red",
+                "secret_unresolved",
+                f"environment variable not set in the server's environment: {missing}",
+                error=f"unresolved env reference: {missing}",
+            )
+            return Check(self._result(spec, outcome, None))
+        assert self._client is not None and self._sem is not None, "service not started"
+        thresholds = Thresholds.effective(spec.thresholds.model_dump(exclude_none=True))
+        timeout = self.settings.timeout_s
+        adapter = adapter_class(spec.kind)(spec, secrets, self._client, thresholds, timeout)
+        async with self._sem:
+            started = time.perf_counter()
+            try:
+                outcome = await asyncio.wait_for(adapter.health(), timeout)
+            except Exception as exc:
+                outcome = describe_exception(exc, spec.base_url, timeout)
+                if outcome.reason_code == "internal_error":
+                    text = scrubber.text("".join(traceback.format_exception(exc)))
+                    log.error("provider %r check failed unexpectedly:\n%s", spec.id, text)
+            latency_ms = round((time.perf_counter() - started) * 1000, 1)
+        if outcome.status == "green" and latency_ms > thresholds.latency_amber_ms:
+            outcome.status, outcome.reason_code = "amber", "slow"
+            outcome.reason = (
+                f"slow: {latency_ms:.0f} ms (amber above {thresholds.latency_amber_ms:g} ms); "
+                + outcome.reason
+            )
+        result = self._result(spec, outcome, latency_ms)
+        # Scrub everything that came from the network or an exception before anyone sees it.
+        result.reason = scrubber.text(result.reason)
+        result.error = scrubber.text(result.error) if result.error else None
+        result.details = scrubber.data(result.details)
+        result.quota = scrubber.data(result.quota) if result.quota is not None else None
+        raw = scrubber.data(outcome.raw) if outcome.raw is not None else None
+        return Check(result, raw)
+
+    @staticmethod
+    def _result(spec: ProviderSpec, outcome: Outcome, latency_ms: float | None) -> CheckResult:
+        return CheckResult(
+            provider_id=spec.id,
+            provider_name=spec.name,
+            kind=spec.kind,
+            enabled=spec.enabled,
+            status=outcome.status,
+            reason_code=outcome.reason_code,
+            reason=outcome.reason,
+            checked_at=time.time(),
+            latency_ms=latency_ms,
+            error=outcome.error,
+            details=outcome.details,
+            quota=outcome.quota,
+        )
+
+    # -- last results and history ------------------------------------------------------------
+    def last(self, spec: ProviderSpec) -> CheckResult:
+        """The last result, or a gray "never checked" one (disabled wins: it is gray anyway)."""
+        if not spec.enabled:
+            previous = self._last.get(spec.id)
+            return CheckResult(
+                provider_id=spec.id,
+                provider_name=spec.name,
+                kind=spec.kind,
+                enabled=False,
+                status="gray",
+                reason_code="disabled",
+                reason="disabled",
+                checked_at=previous.checked_at if previous else None,
+            )
+        result = self._last.get(spec.id)
+        if result is None:
+            return CheckResult(
+                provider_id=spec.id,
+                provider_name=spec.name,
+                kind=spec.kind,
+                status="gray",
+                reason_code="never_checked",
+                reason="never checked",
+                checked_at=None,
+            )
+        result.provider_name = spec.name
+        return result
+
+    def history(self, provider_id: str) -> list[dict[str, Any]]:
+        return list(self._history.get(provider_id, ()))
+
+    def forget(self, provider_id: str) -> None:
+        self._last.pop(provider_id, None)
+        self._history.pop(provider_id, None)
+
+    def _record(self, result: CheckResult) -> None:
+        self._last[result.provider_id] = result
+        history = self._history.setdefault(
+            result.provider_id, deque(maxlen=self.settings.history_size)
+        )
+        history.append(
+            {
+                "checked_at": result.checked_at,
+                "status": result.status,
+                "latency_ms": result.latency_ms,
+                "reason_code": result.reason_code,
+            }
+        )
+
+    async def _persist(self) -> None:
+        async with self._persist_lock:
+            known = {spec.id for spec in self.registry.list()}
+            payload = {
+                "version": 1,
+                "last": {pid: r.to_dict() for pid, r in self._last.items() if pid in known},
+                "history": {pid: list(h) for pid, h in self._history.items() if pid in known},
+            }
+            try:
+                await asyncio.to_thread(write_json_atomic, self.status_path, payload)
+            except OSError as exc:  # the results are still served from memory
+                log.warning("could not save %s: %s", self.status_path.name, exc)
+
+    def _load(self) -> None:
+        try:
+            raw = read_json(self.status_path)
+        except ValueError as exc:
+            log.warning("ignoring %s: %s", self.status_path.name, exc)
+            return
+        if not isinstance(raw, dict):
+            return
+        try:
+            for pid, data in (raw.get("last") or {}).items():
+                self._last[pid] = CheckResult.from_dict(data)
+            for pid, items in (raw.get("history") or {}).items():
+                self._history[pid] = deque(items, maxlen=self.settings.history_size)
+        except (KeyError, TypeError, AttributeError) as exc:
+            log.warning("ignoring damaged %s: %s", self.status_path.name, exc)
+            self._last.clear()
+            self._history.clear()
