@@ -190,7 +190,7 @@ class HookBus:
         self._boot = secrets.token_hex(8)
         self._known = HOOK_SPECS  # live view: hooks defined later are accepted too
         self._seq_lock = threading.Lock()
-        self._seq = self.log.latest_seq()
+        self._seq = self._start_seq = self.log.latest_seq()
         self._pending: deque[tuple[int, str, float, Any]] = deque()
         self._wake = threading.Event()
         self._writer_idle = False
@@ -205,7 +205,6 @@ class HookBus:
         self._listeners: list[ListenerHandle] = []
         self._listeners_lock = threading.Lock()
         self._write_error: str | None = None
-        self.emitted = 0
         self._writer = threading.Thread(target=self._run_writer, name="hook-writer", daemon=True)
         self._writer.start()
 
@@ -218,7 +217,6 @@ class HookBus:
             self._seq += 1
             seq = self._seq
             self._pending.append((seq, event, time.time(), payload))
-        self.emitted += 1
         if self._writer_idle:
             self._wake.set()
         return Emitted(event, seq, f"evt_{self._boot}_{seq}")
@@ -272,55 +270,19 @@ class HookBus:
         return batch
 
     def _run_writer(self) -> None:
-        next_maintenance = time.monotonic() + 0.5
-        next_prune = time.monotonic() + 1.0
-        retry_delay = 0.05
-        batch: list[tuple[int, str, float, Any]] = []
-        rows: list[LogRow] = []
+        """Drain, serialize once, commit as a group, hand on; retry a failing log forever
+        (except at shutdown), so an acknowledged-later event is never dropped by the writer."""
+        self._next_maintenance = time.monotonic() + 0.5
+        self._next_prune = time.monotonic() + 1.0
         while True:
-            if not batch:
-                batch = self._drain()
-                rows = [
-                    LogRow(
-                        seq,
-                        f"evt_{self._boot}_{seq}",
-                        event,
-                        ts,
-                        json.dumps(payload, separators=(",", ":"), default=str),
-                    )
-                    for seq, event, ts, payload in batch
-                ]
-            if rows:
-                try:
-                    self.log.append(rows)
-                except Exception as exc:  # disk full, read-only dir, locked db...
-                    if self._write_error is None:
-                        log.error("event log commit failed, will retry: %s", exc)
-                    self._write_error = f"{type(exc).__name__}: {exc}"
-                    time.sleep(retry_delay)
-                    retry_delay = min(retry_delay * 2, 2.0)
-                    if self._stopping and retry_delay >= 2.0:
-                        log.error("giving up on %d uncommitted events at shutdown", len(rows))
-                        return
-                    continue
-                if self._write_error is not None:
-                    log.info("event log writable again")
-                self._write_error = None
-                retry_delay = 0.05
+            self._maintain(time.monotonic())
+            batch = self._drain()
+            if batch:
+                rows = [self._row(*item) for item in batch]
+                if not self._commit_with_retry(rows):
+                    return
                 self._on_commit(rows)
-                batch, rows = [], []
                 continue
-            batch = []
-            now = time.monotonic()
-            if now >= next_maintenance:
-                next_maintenance = now + 0.5
-                self._check_listeners(now)
-            if now >= next_prune:
-                next_prune = now + self._prune_interval_s
-                try:
-                    self.log.prune(self.retention)
-                except Exception as exc:
-                    log.warning("event log prune failed: %s", exc)
             if self._stopping:
                 return
             self._writer_idle = True
@@ -328,6 +290,41 @@ class HookBus:
                 self._wake.wait(0.05)
             self._writer_idle = False
             self._wake.clear()
+
+    def _row(self, seq: int, event: str, ts: float, payload: Any) -> LogRow:
+        data = json.dumps(payload, separators=(",", ":"), default=str)
+        return LogRow(seq, f"evt_{self._boot}_{seq}", event, ts, data)
+
+    def _commit_with_retry(self, rows: list[LogRow]) -> bool:
+        delay = 0.05
+        while True:
+            try:
+                self.log.append(rows)
+            except Exception as exc:  # disk full, file too large, read-only dir, locked db...
+                if self._write_error is None:
+                    log.error("event log commit failed, will retry: %s", exc)
+                self._write_error = f"{type(exc).__name__}: {exc}"
+                if self._stopping and delay >= 2.0:
+                    log.error("giving up on %d uncommitted events at shutdown", len(rows))
+                    return False
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            if self._write_error is not None:
+                log.info("event log is writable again")
+                self._write_error = None
+            return True
+
+    def _maintain(self, now: float) -> None:
+        if now >= self._next_maintenance:
+            self._next_maintenance = now + 0.5
+            self._check_listeners(now)
+        if now >= self._next_prune:
+            self._next_prune = now + self._prune_interval_s
+            try:
+                self.log.prune(self.retention)
+            except Exception as exc:
+                log.warning("event log prune failed: %s", exc)
 
     def _on_commit(self, rows: list[LogRow]) -> None:
         top = rows[-1].seq
@@ -451,7 +448,7 @@ class HookBus:
 
     def stats(self) -> dict[str, Any]:
         return {
-            "emitted": self.emitted,
+            "emitted": self._seq - self._start_seq,
             "latest_seq": self._seq,
             "committed_seq": self._committed_seq,
             "pending": len(self._pending),
