@@ -22,6 +22,7 @@ from comfyvn.webhooks import start_webhooks
 
 from .routes import hooks
 from .routes import providers as provider_routes
+from .routes import scenario as scenario_routes
 from .routes import webhooks as webhook_routes
 from .security import SecurityMiddleware
 from .services import Services
@@ -30,7 +31,7 @@ __all__ = ["create_app"]
 
 log = logging.getLogger("comfyvn.server")
 
-ROUTERS = [hooks.router, webhook_routes.router, provider_routes.router]
+ROUTERS = [hooks.router, webhook_routes.router, provider_routes.router, scenario_routes.router]
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -92,6 +93,7 @@ async def _start_components(services: Services, stack: AsyncExitStack) -> None:
     """Start the optional parts; each registers its own shutdown on ``stack``."""
     await start_webhooks(services, stack)  # first: events emitted at start-up get deliveries
     _start_plugin_host(services, stack)
+    await scenario_routes.start(services, stack)
     await start_providers(services, stack)
 
 
