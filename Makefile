@@ -33,8 +33,9 @@ lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# Every bench/bench_*.py, 3 runs each: bench/results.json and docs/performance.md (medians).
 bench: $(VENV)/.installed-dev
-	@for f in bench/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
+	$(BIN)/python bench/run_all.py --runs $(or $(RUNS),3)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache
