@@ -60,7 +60,7 @@ class ChoiceRenderPayload(SceneEnterPayload):
 
 
 class AssetPayload(_Payload):
-    uid: str = Field(description="Content-derived asset id (SHA-256 based).")
+    uid: str = Field(description="Asset id: the first 32 hex digits of the file's SHA-256.")
     type: str = Field(description="Type bucket, e.g. 'character.portrait'.")
     path: str = Field(description="File path relative to the assets root.")
     meta: dict[str, Any] = Field(description="Asset metadata after the operation.")
@@ -161,9 +161,9 @@ _SCENE_EXAMPLE: dict[str, Any] = {
 _ASSET_EXAMPLE: dict[str, Any] = {
     "uid": "a3f1c2d4e5b6a7980123456789abcdef",
     "type": "character.portrait",
-    "path": "character/portrait/mira_a3f1c2d4.png",
+    "path": "character/portrait/mira-a3f1c2d4e5b6.png",
     "meta": {"character": "mira", "tags": ["smile"]},
-    "sidecar": "character/portrait/mira_a3f1c2d4.png.asset.json",
+    "sidecar": "character/portrait/mira-a3f1c2d4e5b6.png.asset.json",
     "bytes": 20480,
     "hook_event": "on_asset_saved",
     "timestamp": 1761050001.5,

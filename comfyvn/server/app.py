@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from comfyvn import __version__
+from comfyvn.assets.component import start_assets
 from comfyvn.core import modder_hooks
 from comfyvn.core.event_log import RetentionPolicy, SQLiteEventLog
 from comfyvn.core.hook_bus import HookBus
@@ -20,6 +21,7 @@ from comfyvn.core.settings import Settings, ensure_token
 from comfyvn.providers.component import start_providers
 from comfyvn.webhooks import start_webhooks
 
+from .routes import assets as asset_routes
 from .routes import hooks
 from .routes import providers as provider_routes
 from .routes import scenario as scenario_routes
@@ -31,7 +33,13 @@ __all__ = ["create_app"]
 
 log = logging.getLogger("comfyvn.server")
 
-ROUTERS = [hooks.router, webhook_routes.router, provider_routes.router, scenario_routes.router]
+ROUTERS = [
+    hooks.router,
+    webhook_routes.router,
+    provider_routes.router,
+    scenario_routes.router,
+    asset_routes.router,
+]
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -94,6 +102,7 @@ async def _start_components(services: Services, stack: AsyncExitStack) -> None:
     await start_webhooks(services, stack)  # first: events emitted at start-up get deliveries
     _start_plugin_host(services, stack)
     await scenario_routes.start(services, stack)
+    await start_assets(services, stack)
     await start_providers(services, stack)
 
 

@@ -22,6 +22,7 @@ class Services:
     # Filled in by the components that own them (plugin host, webhooks, assets, providers...).
     plugin_host: Any = None
     webhooks: Any = None
+    assets: Any = None  # comfyvn.assets.registry.AssetRegistry
     scenarios: Any = None  # comfyvn.scenario.catalog.SceneCatalog
     providers: Any = None  # comfyvn.providers.component.Providers
     extras: dict[str, Any] = field(default_factory=dict)
