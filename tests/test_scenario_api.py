@@ -21,6 +21,7 @@ from .support import ROOT, ServerProcess
 
 MODELS = {"on_scene_enter": SceneEnterPayload, "on_choice_render": ChoiceRenderPayload}
 SCENE_EVENTS = "on_scene_enter,on_choice_render"
+MAX_BODY = 200_000
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +32,10 @@ def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     proc = ServerProcess(
         data,
         extra_args=["--dev", "--demo"],
-        env={"COMFYVN_MOD_PLUGIN_ROOT": str(ROOT / "dev" / "modder_hooks")},
+        env={
+            "COMFYVN_MOD_PLUGIN_ROOT": str(ROOT / "dev" / "modder_hooks"),
+            "COMFYVN_SCENARIO_MAX_BODY": str(MAX_BODY),
+        },
     ).start()
     try:
         yield proc
@@ -104,6 +108,23 @@ def test_validate_rejects_malformed_requests(client: httpx.Client, body: bytes) 
     )
     assert response.status_code == 422
     assert response.json()["detail"]
+
+
+def test_json_body_is_read_whatever_the_content_type(client: httpx.Client) -> None:
+    body = json.dumps({"scene": demo(), "seed": 1}).encode()
+    form = {"content-type": "application/x-www-form-urlencoded"}  # what `curl -d` sends
+    assert client.post("/api/scenario/run/step", content=body, headers=form).status_code == 200
+    check = client.post("/api/scenario/validate", content=json.dumps({"scene": demo()}))
+    assert check.json()["valid"] is True
+
+
+@pytest.mark.parametrize("route", ["/api/scenario/validate", "/api/scenario/run/step"])
+def test_oversized_body_is_413(client: httpx.Client, route: str) -> None:
+    scene = demo()
+    scene["metadata"]["padding"] = "x" * MAX_BODY
+    response = client.post(route, json={"scene": scene})
+    assert response.status_code == 413
+    assert f"the limit is {MAX_BODY} bytes" in response.json()["detail"]
 
 
 # -- run/step ----------------------------------------------------------------------------------

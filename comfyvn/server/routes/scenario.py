@@ -8,11 +8,12 @@ in the history (and on their way to WebSocket subscribers, plugins and webhooks)
 from __future__ import annotations
 
 import logging
+import os
 from contextlib import AsyncExitStack
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, HTTPException, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from comfyvn.core.hook_bus import Emitted
 from comfyvn.scenario.catalog import SceneCatalog
@@ -37,6 +38,8 @@ __all__ = ["router", "start"]
 log = logging.getLogger("comfyvn.scenario")
 
 router = APIRouter(prefix="/api/scenario", tags=["scenario"])
+
+DEFAULT_MAX_BODY = 4 * 1024 * 1024
 
 # 409: the request is well-formed but conflicts with where the run is; 422: it is malformed.
 _STATUS: dict[type[ScenarioError], int] = {
@@ -120,13 +123,55 @@ class SceneResponse(BaseModel):
     scene: dict[str, Any]
 
 
+M = TypeVar("M", bound=BaseModel)
+
+
+def _max_body() -> int:
+    raw = os.environ.get("COMFYVN_SCENARIO_MAX_BODY", "")
+    return int(raw) if raw.isdigit() and int(raw) > 0 else DEFAULT_MAX_BODY
+
+
+async def _parse(request: Request, model: type[M]) -> M:
+    """The JSON body as ``model``, whatever the Content-Type (``curl -d`` sends a form type)."""
+    limit = _max_body()
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise HTTPException(413, f"request body is {declared} bytes; the limit is {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HTTPException(413, f"request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    if not body.strip():
+        raise HTTPException(422, "request body is empty; send a JSON object with a 'scene'")
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        errors = [
+            {"loc": ["body", *err["loc"]], "msg": err["msg"], "type": err["type"]}
+            for err in exc.errors(include_url=False, include_context=False, include_input=False)
+        ]
+        raise HTTPException(422, errors) from None
+
+
+def _body_doc(model: type[BaseModel]) -> dict[str, Any]:
+    schema = {"content": {"application/json": {"schema": model.model_json_schema()}}}
+    return {"requestBody": {"required": True, **schema}}
+
+
 # -- routes ----------------------------------------------------------------------------------
 @router.post(
     "/validate",
     summary="Validate a scene: every error and warning at once, each with a JSON path",
     response_model=ValidateResponse,
+    responses={413: {"description": "Body too large"}, 422: {"description": "Malformed body"}},
+    openapi_extra=_body_doc(ValidateRequest),
 )
-async def validate(body: ValidateRequest) -> ValidateResponse:
+async def validate(request: Request) -> ValidateResponse:
+    body = await _parse(request, ValidateRequest)
     report = validate_scene(body.scene)
     return ValidateResponse.model_validate(report.to_dict())
 
@@ -137,10 +182,13 @@ async def validate(body: ValidateRequest) -> ValidateResponse:
     response_model=StepResponse,
     responses={
         409: {"description": "Finished run, choice not offered, or nothing to pick"},
+        413: {"description": "Body too large"},
         422: {"description": "Malformed scene, state, seed, POV or unknown choice id"},
     },
+    openapi_extra=_body_doc(StepRequest),
 )
-async def run_step(body: StepRequest, request: Request) -> StepResponse:
+async def run_step(request: Request) -> StepResponse:
+    body = await _parse(request, StepRequest)
     services = get_services(request)
     emitted: list[Emitted] = []
 
