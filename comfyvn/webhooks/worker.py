@@ -92,7 +92,7 @@ class DeliveryWorker:
         self._per_sub: dict[str, int] = defaultdict(int)
         self._tasks: set[asyncio.Task[None]] = set()
         self._results: list[tuple[Outcome, str]] = []
-        self._client: httpx.AsyncClient | None = None
+        self._clients: dict[str, httpx.AsyncClient] = {}
         self.sent = 0
         self.delivered = 0
         self.failed_attempts = 0
@@ -164,20 +164,6 @@ class DeliveryWorker:
 
     async def _main(self) -> None:
         self._wake = asyncio.Event()
-        limits = httpx.Limits(
-            max_connections=self.cfg.concurrency + 4,
-            max_keepalive_connections=self.cfg.concurrency,
-            keepalive_expiry=30.0,
-        )
-        self._client = httpx.AsyncClient(
-            transport=guarded_transport(self.policy, limits),
-            timeout=httpx.Timeout(self.cfg.timeout_s),
-            follow_redirects=False,
-            headers={
-                "content-type": "application/json",
-                "user-agent": f"ComfyVN-Webhooks/{__version__}",
-            },
-        )
         self._loop = asyncio.get_running_loop()
         self._ready.set()
         try:
@@ -189,7 +175,9 @@ class DeliveryWorker:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
             with contextlib.suppress(Exception):
                 self._flush()  # record what finished; cancelled ones stay pending
-            await self._client.aclose()
+            for client in self._clients.values():
+                with contextlib.suppress(Exception):
+                    await client.aclose()
 
     async def _dispatch_forever(self) -> None:
         assert self._wake is not None
@@ -205,6 +193,7 @@ class DeliveryWorker:
                 if time.monotonic() >= next_prune:
                     next_prune = time.monotonic() + PRUNE_EVERY_S
                     self.store.prune(time.time() - self.cfg.log_max_age_s)
+                    await self._close_stale_clients()
             except Exception:
                 log.exception("webhook dispatcher failed; retrying shortly")
                 delay = 1.0
@@ -263,6 +252,34 @@ class DeliveryWorker:
         self._on_change()
 
     # -- one attempt -------------------------------------------------------------------------
+    def _client_for(self, sub_id: str) -> httpx.AsyncClient:
+        """One connection pool per endpoint: small pools stay cheap to manage (httpcore scans
+        every connection per request) and one endpoint's sockets never queue another's."""
+        client = self._clients.get(sub_id)
+        if client is None:
+            slots = self.cfg.per_endpoint + 2  # + room for a ping or redeliver
+            limits = httpx.Limits(
+                max_connections=slots, max_keepalive_connections=slots, keepalive_expiry=30.0
+            )
+            client = httpx.AsyncClient(
+                transport=guarded_transport(self.policy, limits),
+                timeout=httpx.Timeout(self.cfg.timeout_s),
+                follow_redirects=False,
+                headers={
+                    "content-type": "application/json",
+                    "user-agent": f"ComfyVN-Webhooks/{__version__}",
+                },
+            )
+            self._clients[sub_id] = client
+        return client
+
+    async def _close_stale_clients(self) -> None:
+        known = self._subscriptions()
+        for sub_id in [k for k in self._clients if k not in known]:
+            client = self._clients.pop(sub_id)
+            with contextlib.suppress(Exception):
+                await client.aclose()
+
     def _decide(self, delivery: Delivery, attempt: Attempt, *, manual: bool) -> Outcome:
         """Where the delivery goes after this attempt (the retry schedule lives here)."""
         now = time.time()
@@ -289,7 +306,7 @@ class DeliveryWorker:
 
     async def send(self, sub: Subscription, delivery_id: int, msg_id: str, body: str) -> Attempt:
         """One signed POST; never raises. The error text never contains the secret."""
-        assert self._client is not None
+        client = self._client_for(sub.id)
         started = time.time()
         t0 = time.perf_counter()
         status: int | None = None
@@ -302,7 +319,7 @@ class DeliveryWorker:
             headers = webhook_headers(sub.signing_keys(started), msg_id, int(time.time()), payload)
             async with (
                 asyncio.timeout(self.cfg.timeout_s),
-                self._client.stream("POST", sub.url, content=payload, headers=headers) as resp,
+                client.stream("POST", sub.url, content=payload, headers=headers) as resp,
             ):
                 status = resp.status_code
                 response = await _read_prefix(resp, self.cfg.response_bytes)
