@@ -17,7 +17,7 @@ GIB = 1024**3
 @dataclass
 class Reply:
     status: int = 200
-    body: Any = None  # dict/list -> JSON; str -> text
+    body: Any = None  # dict/list -> JSON; str -> text; callable(Seen) -> either
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
     hang: bool = False  # never answer (until the fake stops)
@@ -29,6 +29,10 @@ class Seen:
     path: str
     headers: dict[str, str]
     body: bytes
+
+
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 256  # the default 5 drops SYNs when 50 checks connect at once
 
 
 class FakeProviders:
@@ -48,8 +52,9 @@ class FakeProviders:
             def _handle(self) -> None:
                 length = int(self.headers.get("content-length") or 0)
                 body = self.rfile.read(length) if length else b""
+                seen = Seen(self.command, self.path, dict(self.headers), body)
                 with fake._lock:
-                    fake.seen.append(Seen(self.command, self.path, dict(self.headers), body))
+                    fake.seen.append(seen)
                 reply = fake.routes.get((self.command, self.path.split("?")[0]))
                 if reply is None and self.command == "HEAD":
                     reply = fake.routes.get(("GET", self.path.split("?")[0]))
@@ -60,12 +65,13 @@ class FakeProviders:
                     return
                 if reply.delay:
                     time.sleep(reply.delay)
-                if isinstance(reply.body, str):
-                    data, ctype = reply.body.encode(), "text/plain"
-                elif reply.body is None:
+                content = reply.body(seen) if callable(reply.body) else reply.body
+                if isinstance(content, str):
+                    data, ctype = content.encode(), "text/plain"
+                elif content is None:
                     data, ctype = b"", "text/plain"
                 else:
-                    data, ctype = json.dumps(reply.body).encode(), "application/json"
+                    data, ctype = json.dumps(content).encode(), "application/json"
                 try:
                     self.send_response(reply.status)
                     self.send_header("Content-Type", ctype)
@@ -80,7 +86,7 @@ class FakeProviders:
 
             do_GET = do_POST = do_HEAD = _handle
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = _Server(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)

@@ -53,9 +53,10 @@ class HealthService:
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout),
             follow_redirects=False,  # a redirect could carry our Authorization header elsewhere
+            # Fresh connections: latency includes connecting, and a pooled connection the
+            # provider closed while idle can never turn a healthy provider red.
             limits=httpx.Limits(
-                max_connections=self.settings.concurrency * 2,
-                max_keepalive_connections=self.settings.concurrency,
+                max_connections=self.settings.concurrency * 2, max_keepalive_connections=0
             ),
             headers={"User-Agent": "comfyvn-provider-check"},
         )
