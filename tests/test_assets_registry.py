@@ -276,6 +276,23 @@ def test_symlink_inside_root_is_registered_at_its_target(env: Env) -> None:
     assert rec.path == "real.png"
 
 
+def test_root_reached_through_a_symlink(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "alias").symlink_to(tmp_path / "real")
+    bus = HookBus(SQLiteEventLog(tmp_path / "events.sqlite3"))
+    config = AssetConfig(root=tmp_path / "alias" / "assets", db_path=tmp_path / "a.sqlite3")
+    registry = AssetRegistry(config, bus)
+    try:
+        (tmp_path / "alias" / "assets" / "x.txt").write_text("x")
+        rec = registry.register_file(tmp_path / "alias" / "assets" / "x.txt", "t", copy=False)
+        assert rec.record.path == "x.txt"
+        with pytest.raises(AssetPathError, match="outside the assets root"):
+            registry.register_file(tmp_path / "alias" / "other.txt", "t", copy=False)
+    finally:
+        registry.close()
+        bus.close()
+
+
 @pytest.mark.parametrize(
     "bad", ["", "Character", "a..b", ".a", "a.", "a/b", "a b", "../x", "ä", "a" * 129, "-a"]
 )

@@ -99,14 +99,13 @@ def resolve_inside(root: Path, raw: str | Path) -> Path:
     candidate = Path(text)
     if ".." in candidate.parts:
         raise AssetPathError(f"path {text!r} must not contain '..'")
-    lexical = candidate if candidate.is_absolute() else root / candidate
-    if not lexical.is_relative_to(root):
-        raise AssetPathError(f"path {text!r} is outside the assets root")
     try:
-        real = lexical.resolve(strict=False)
+        real = (root / candidate).resolve(strict=False)  # an absolute candidate replaces root
     except (OSError, RuntimeError) as exc:  # symlink loops and the like
-        raise AssetPathError(f"path {text!r} cannot be resolved: {exc.strerror or exc}") from None
+        raise AssetPathError(f"path {text!r} cannot be resolved: {exc}") from None
     if not real.is_relative_to(root):
+        if candidate.is_absolute() and not candidate.is_relative_to(root):
+            raise AssetPathError(f"path {text!r} is outside the assets root")
         raise AssetPathError(f"path {text!r} resolves outside the assets root (symlink)")
     if real == root:
         raise AssetPathError(f"path {text!r} names the assets root, not a file")

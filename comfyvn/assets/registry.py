@@ -128,10 +128,11 @@ class AssetRegistry:
 
     def __init__(self, config: AssetConfig, bus: HookBus | None = None) -> None:
         self.config = config
-        self.root = config.root
+        config.root.mkdir(parents=True, exist_ok=True)
+        # Containment checks compare real paths, so the root itself must be a real path.
+        self.root = config.root.resolve()
         self._bus = bus
         self._lock = threading.RLock()
-        self.root.mkdir(parents=True, exist_ok=True)
         self.staging = self.root / STAGING_DIR
         leftovers = clear_staging(self.staging)
         if leftovers:
