@@ -13,6 +13,8 @@ from typing import Any
 import httpx
 import pytest
 
+from comfyvn.providers.config import ProviderSettings
+
 from .support import ServerProcess
 from .test_providers_fakes import GIB, FakeProviders, Reply, closed_port_url, openai_limits
 
@@ -36,6 +38,7 @@ def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
         "COMFYVN_PROVIDER_TIMEOUT": str(TIMEOUT_S),
         "COMFYVN_PROVIDER_HISTORY": str(HISTORY),
         "RUNPOD_KEY_FROM_ENV": RUNPOD_KEY,
+        "COMFYVN_PROVIDER_ALLOW_HOSTS": "127.0.0.1,*.allowed.invalid",
     }
     proc = ServerProcess(data_dir, env=env).start()
     yield proc
@@ -344,6 +347,22 @@ def test_disabled_is_gray_and_never_checked_is_gray(api: httpx.Client) -> None:
         "never_checked",
         None,
     )
+
+
+def test_hosts_outside_the_allow_list_are_never_contacted(api: httpx.Client) -> None:
+    provider_id = add(api, "openai", "https://api.example.invalid/v1")
+    result = check(api, provider_id)
+    assert (result["status"], result["reason_code"]) == ("red", "host_not_allowed")
+    assert "'api.example.invalid'" in result["reason"] and result["latency_ms"] is None
+
+
+def test_allow_list_patterns() -> None:
+    settings = ProviderSettings(allow_hosts=("127.0.0.1", "*.allowed.invalid"))
+    assert settings.host_allowed("127.0.0.1")
+    assert settings.host_allowed("gpu.allowed.invalid")
+    assert not settings.host_allowed("allowed.invalid.evil.com")
+    assert not settings.host_allowed("localhost")
+    assert ProviderSettings().host_allowed("anything.example")
 
 
 # -- timeout and concurrency ---------------------------------------------------------------------

@@ -36,6 +36,23 @@ class ProviderSettings:
     timeout_s: float = DEFAULT_TIMEOUT_S
     concurrency: int = DEFAULT_CONCURRENCY
     history_size: int = DEFAULT_HISTORY
+    # Empty: any host. Otherwise only these hosts (exact, or "*.domain") are ever contacted;
+    # pins checks to loopback in tests and fuzzing, or to known hosts on a locked-down studio.
+    allow_hosts: tuple[str, ...] = ()
+
+    def host_allowed(self, host: str | None) -> bool:
+        if not self.allow_hosts:
+            return True
+        if not host:
+            return False
+        host = host.lower().rstrip(".")
+        for pattern in self.allow_hosts:
+            if pattern.startswith("*."):
+                if host.endswith(pattern[1:]):
+                    return True
+            elif host == pattern:
+                return True
+        return False
 
     @classmethod
     def from_env(cls) -> ProviderSettings:
@@ -43,4 +60,9 @@ class ProviderSettings:
             timeout_s=_env_number("COMFYVN_PROVIDER_TIMEOUT", DEFAULT_TIMEOUT_S, 0.05),
             concurrency=int(_env_number("COMFYVN_PROVIDER_CONCURRENCY", DEFAULT_CONCURRENCY, 1)),
             history_size=int(_env_number("COMFYVN_PROVIDER_HISTORY", DEFAULT_HISTORY, 1)),
+            allow_hosts=tuple(
+                h.strip().lower().strip("[]")
+                for h in os.environ.get("COMFYVN_PROVIDER_ALLOW_HOSTS", "").split(",")
+                if h.strip()
+            ),
         )

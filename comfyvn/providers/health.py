@@ -13,6 +13,7 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -96,6 +97,15 @@ class HealthService:
                 "secret_unresolved",
                 f"environment variable not set in the server's environment: {missing}",
                 error=f"unresolved env reference: {missing}",
+            )
+            return Check(self._result(spec, outcome, None))
+        host = urlsplit(spec.base_url).hostname if spec.base_url else None
+        if spec.base_url and not self.settings.host_allowed(host):
+            outcome = Outcome(
+                "red",
+                "host_not_allowed",
+                f"host {host!r} is not in COMFYVN_PROVIDER_ALLOW_HOSTS; it was not contacted",
+                error="host not allowed",
             )
             return Check(self._result(spec, outcome, None))
         assert self._client is not None and self._sem is not None, "service not started"
