@@ -6,7 +6,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8001
 DATA   ?= var/studio
 
-.PHONY: run test lint format bench fuzz clean
+.PHONY: run test lint bench fuzz clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ lint: $(VENV)/.installed-dev
 # Every bench/bench_*.py, 3 runs each: bench/results.json and docs/performance.md (medians).
 bench: $(VENV)/.installed-dev
 	$(BIN)/python bench/run_all.py --runs $(or $(RUNS),3)
+
+# A longer schemathesis run than the bounded one inside `make test`.
+fuzz: $(VENV)/.installed-dev
+	COMFYVN_FUZZ_EXAMPLES=$(or $(EXAMPLES),200) $(BIN)/python -m pytest -q -m fuzz
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache

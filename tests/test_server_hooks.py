@@ -166,7 +166,12 @@ def test_subscription_by_first_message_and_default(server: ServerProcess) -> Non
 
 @pytest.mark.parametrize(
     "query, message",
-    [("topics=on_nope", "on_nope"), ("since=abc", "since"), ("since=-4", "since")],
+    [
+        ("topics=on_nope", "on_nope"),
+        ("since=abc", "since"),
+        ("since=-4", "since"),
+        ("since=99999999999999999999", "since"),
+    ],
 )
 def test_bad_subscription_closes_1008(server: ServerProcess, query: str, message: str) -> None:
     with connect(

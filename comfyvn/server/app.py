@@ -17,10 +17,11 @@ from comfyvn.assets.component import start_assets
 from comfyvn.core import modder_hooks
 from comfyvn.core.event_log import RetentionPolicy, SQLiteEventLog
 from comfyvn.core.hook_bus import HookBus
-from comfyvn.core.settings import Settings, ensure_token
+from comfyvn.core.settings import Settings, ensure_token, prepare_data_dir
 from comfyvn.providers.component import start_providers
 from comfyvn.webhooks import start_webhooks
 
+from .errors import COMMON_ERRORS
 from .routes import assets as asset_routes
 from .routes import hooks
 from .routes import providers as provider_routes
@@ -35,16 +36,16 @@ log = logging.getLogger("comfyvn.server")
 
 ROUTERS = [
     hooks.router,
-    webhook_routes.router,
-    provider_routes.router,
     scenario_routes.router,
     asset_routes.router,
+    provider_routes.router,
+    webhook_routes.router,
 ]
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    prepare_data_dir(settings.data_dir)
     token = ensure_token(settings)
 
     @asynccontextmanager
@@ -54,6 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         bus = HookBus(
             SQLiteEventLog(settings.events_db),
             retention=RetentionPolicy(settings.history_max_events, settings.history_max_age_s),
+            commit_timeout_s=settings.commit_timeout_s,
         )
         services = Services(settings=settings, bus=bus, token=token)
         app.state.services = services
@@ -93,7 +95,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         }
 
     for router in ROUTERS:
-        app.include_router(router)
+        app.include_router(router, responses=COMMON_ERRORS)
     return app
 
 

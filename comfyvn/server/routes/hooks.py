@@ -20,6 +20,7 @@ from ..services import Services, commit_or_503, get_services
 router = APIRouter(prefix="/api/modder/hooks", tags=["modder hooks"])
 
 MAX_TEST_PAYLOAD_BYTES = 256 * 1024
+MAX_SEQ = 2**63 - 1  # SQLite's INTEGER range; a larger cursor is a client error, not a 500
 FIRST_MESSAGE_WAIT_S = 1.0
 
 
@@ -74,7 +75,7 @@ async def list_hooks(request: Request) -> dict[str, Any]:
 async def history(
     request: Request,
     limit: Annotated[int, Query(ge=1, le=1000)] = 25,
-    since: Annotated[int | None, Query(ge=0)] = None,
+    since: Annotated[int | None, Query(ge=0, le=MAX_SEQ)] = None,
     event: Annotated[str | None, Query(description="Hook name(s), comma-separated")] = None,
 ) -> HistoryResponse:
     bus = get_services(request).bus
@@ -148,8 +149,8 @@ def _parse_since(raw: Any) -> int | None:
         value = int(raw)
     except (TypeError, ValueError):
         raise _BadSubscription(f"'since' must be a non-negative integer, got {raw!r}") from None
-    if value < 0:
-        raise _BadSubscription(f"'since' must be a non-negative integer, got {value}")
+    if not 0 <= value <= MAX_SEQ:
+        raise _BadSubscription(f"'since' must be an integer from 0 to {MAX_SEQ}, got {value}")
     return value
 
 
@@ -250,7 +251,9 @@ async def _drain_client(ws: WebSocket) -> None:
 async def subscribe_sse(
     request: Request,
     topics: Annotated[str | None, Query(description="Hook names, comma-separated")] = None,
-    since: Annotated[int | None, Query(ge=0, description="Replay envelopes after this seq")] = None,
+    since: Annotated[
+        int | None, Query(ge=0, le=MAX_SEQ, description="Replay envelopes after this seq")
+    ] = None,
 ) -> StreamingResponse:
     services = get_services(request)
     last_event_id = request.headers.get("last-event-id", "").strip()
