@@ -213,6 +213,49 @@ def test_bad_puts(api: httpx.Client, srv: ServerProcess) -> None:
     assert ok.status_code == 200 and ok.json()["provider"]["base_url"] == "http://h:1"
 
 
+def test_oversized_body_is_413(api: httpx.Client, srv: ServerProcess) -> None:
+    before = files(srv.data_dir)
+    big = {"id": "big", "kind": "echo", "config": {"notes": "x" * 70_000}}
+    response = api.post("/api/providers", json=big)
+    assert response.status_code == 413, response.text
+    assert response.json()["detail"]
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the limit holds while streaming
+        yield b'{"id": "big", "kind": "echo", "config": {"notes": "'
+        for _ in range(70):
+            yield b"x" * 1024
+        yield b'"}}'
+
+    streamed = api.post(
+        "/api/providers", content=chunks(), headers={"Content-Type": "application/json"}
+    )
+    assert streamed.status_code == 413, streamed.text
+    assert files(srv.data_dir) == before
+
+
+def test_unwritable_registry_is_503_and_changes_nothing(
+    api: httpx.Client, srv: ServerProcess
+) -> None:
+    assert srv.proc is not None
+    # The server writes through ".providers.json.<pid>.tmp"; a directory there makes it fail.
+    blocker = srv.data_dir / f".providers.json.{srv.proc.pid}.tmp"
+    blocker.mkdir()
+    before = files(srv.data_dir)
+    try:
+        body = {"id": "blocked", "kind": "echo", "secrets": {"api_key": LONG_SECRET}}
+        response = api.post("/api/providers", json=body)
+        assert response.status_code == 503, response.text
+        assert "could not save the provider registry" in response.json()["detail"]
+        assert LONG_SECRET not in response.text
+        assert api.get("/api/providers/blocked").status_code == 404
+        assert files(srv.data_dir)[0] == before[0]
+        secrets = json.loads(files(srv.data_dir)[1] or b'{"secrets": {}}')["secrets"]
+        assert "blocked" not in secrets, "secrets written first are rolled back"
+    finally:
+        blocker.rmdir()
+    assert api.post("/api/providers", json=body).status_code == 201
+
+
 # -- masking and the secrets file ---------------------------------------------------------------
 def test_masking_rules(api: httpx.Client, srv: ServerProcess) -> None:
     body = {

@@ -171,6 +171,8 @@ def test_no_secret_in_any_body_log_or_file(srv: ServerProcess, fake: FakeProvide
             json={"id": "x3", "kind": "echo", "secrets": {"api_key": RUNPOD_KEY + "\n"}},
         )
         call("POST", "/api/providers", 422, json={"id": "x4", "kind": RUNPOD_KEY})
+        big = {"id": "x7", "kind": "echo", "secrets": {"api_key": OPENAI_KEY * 3000}}
+        call("POST", "/api/providers", 413, json=big)
         call(
             "POST",
             "/api/providers",
@@ -243,7 +245,7 @@ def test_no_secret_in_any_body_log_or_file(srv: ServerProcess, fake: FakeProvide
     assert results["rp-env"]["status"] == "amber"  # the env reference resolved (balance 2.0)
     assert results["http-hang"]["reason_code"] == "timeout"
     assert results["down"]["reason_code"] == "unreachable"
-    assert statuses == {200, 201, 404, 409, 422}
+    assert statuses == {200, 201, 404, 409, 413, 422}
 
     srv.stop()  # flush every log line and file before grepping
     texts = {

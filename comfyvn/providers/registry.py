@@ -28,7 +28,15 @@ from .models import (
 )
 from .secrets import Scrubber, SecretStore
 
-__all__ = ["Conflict", "Invalid", "NotFound", "ProviderRegistry", "RegistryError", "errors_of"]
+__all__ = [
+    "Conflict",
+    "Invalid",
+    "NotFound",
+    "ProviderRegistry",
+    "RegistryError",
+    "Unavailable",
+    "errors_of",
+]
 
 log = logging.getLogger("comfyvn.providers")
 
@@ -54,6 +62,10 @@ class Conflict(RegistryError):
 
 class Invalid(RegistryError):
     status = 422
+
+
+class Unavailable(RegistryError):
+    status = 503
 
 
 def errors_of(exc: ValidationError, prefix: tuple[str | int, ...] = ("body",)) -> list[dict]:
@@ -251,16 +263,36 @@ class ProviderRegistry:
     ) -> None:
         """Secrets first when adding (an orphan secret is dropped on load), config first when
         removing (a provider never points at secrets that are gone)."""
+        previous = self.secrets.snapshot()
         staged = self.secrets.staged(provider_id, secret_values)
-        secrets_changed = staged != self.secrets.snapshot()
-        if provider_id in providers:
-            if secrets_changed:
-                await asyncio.to_thread(self.secrets.commit, staged)
-            await asyncio.to_thread(self._write_config, providers)
-        else:
-            await asyncio.to_thread(self._write_config, providers)
-            if secrets_changed:
-                await asyncio.to_thread(self.secrets.commit, staged)
+        secrets_changed = staged != previous
+        secrets_written = False
+        try:
+            if provider_id in providers:
+                if secrets_changed:
+                    await asyncio.to_thread(self.secrets.commit, staged)
+                    secrets_written = True
+                await asyncio.to_thread(self._write_config, providers)
+            else:
+                await asyncio.to_thread(self._write_config, providers)
+                if secrets_changed:
+                    try:
+                        await asyncio.to_thread(self.secrets.commit, staged)
+                    except OSError as exc:  # the removal stands; the orphan goes at next load
+                        log.warning(
+                            "provider %r removed, its secrets not yet: %s", provider_id, exc
+                        )
+        except OSError as exc:
+            log.error("could not save the provider registry: %s", exc)
+            if secrets_written:  # best effort: put the old secrets back
+                try:
+                    await asyncio.to_thread(self.secrets.commit, previous)
+                except OSError:
+                    log.error("could not restore %s", self.secrets.path.name)
+            raise Unavailable(
+                f"could not save the provider registry in the data dir ({exc.strerror or exc}); "
+                "the change was not applied"
+            ) from None
         self._providers = providers
 
     def _write_config(self, providers: dict[str, ProviderSpec]) -> None:

@@ -4,9 +4,11 @@ with history for the Studio panel, and quota."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, HTTPException, Query, Request, Response
+from fastapi.routing import APIRoute
 
 from comfyvn.providers.component import Providers
 from comfyvn.providers.models import KINDS, QUOTA_KINDS, ProviderCreate, ProviderUpdate, Thresholds
@@ -14,7 +16,38 @@ from comfyvn.providers.registry import RegistryError
 
 from ..services import get_services
 
-router = APIRouter(prefix="/api/providers", tags=["providers"])
+MAX_BODY_BYTES = 64 * 1024  # a provider is a few hundred bytes; refuse before parsing more
+
+
+class _LimitedBodyRoute(APIRoute):
+    """Reads at most ``MAX_BODY_BYTES`` of a body before FastAPI parses it; beyond that a 413
+    with a JSON ``detail`` (FastAPI's own ``max_body_size`` answers in plain text)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def limited(request: Request) -> Response:
+            if request.method in ("POST", "PUT"):
+                declared = request.headers.get("content-length", "")
+                if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+                    raise HTTPException(
+                        413, f"request body is {declared} bytes; the limit is {MAX_BODY_BYTES}"
+                    )
+                chunks, size = [], 0
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > MAX_BODY_BYTES:
+                        raise HTTPException(
+                            413, f"request body exceeds the limit of {MAX_BODY_BYTES} bytes"
+                        )
+                    chunks.append(chunk)
+                request._body = b"".join(chunks)  # what FastAPI's own request.body() returns
+            return await handler(request)
+
+        return limited
+
+
+router = APIRouter(prefix="/api/providers", tags=["providers"], route_class=_LimitedBodyRoute)
 
 IdsQuery = Annotated[
     list[str] | None,
@@ -81,7 +114,12 @@ async def list_providers(request: Request) -> dict[str, Any]:
     "",
     status_code=201,
     summary="Add a provider; a client-supplied id (slug) is kept",
-    responses={409: {"description": "Duplicate id"}, 422: _ERRORS[422]},
+    responses={
+        409: {"description": "Duplicate id"},
+        413: {"description": "Body too large"},
+        422: _ERRORS[422],
+        503: {"description": "The data dir cannot be written"},
+    },
 )
 async def create_provider(request: Request, body: ProviderCreate) -> dict[str, Any]:
     registry = _providers(request).registry
@@ -179,7 +217,11 @@ async def get_provider(request: Request, provider_id: str) -> dict[str, Any]:
 @router.put(
     "/{provider_id}",
     summary="Change a provider: given fields replace; secrets merge (null removes one)",
-    responses=_ERRORS,
+    responses={
+        **_ERRORS,
+        413: {"description": "Body too large"},
+        503: {"description": "The data dir cannot be written"},
+    },
 )
 async def update_provider(request: Request, provider_id: str, body: ProviderUpdate) -> dict:
     registry = _providers(request).registry
@@ -190,7 +232,11 @@ async def update_provider(request: Request, provider_id: str, body: ProviderUpda
     return {"ok": True, "provider": registry.describe(spec)}
 
 
-@router.delete("/{provider_id}", summary="Remove a provider and its secrets", responses=_ERRORS)
+@router.delete(
+    "/{provider_id}",
+    summary="Remove a provider and its secrets",
+    responses={**_ERRORS, 503: {"description": "The data dir cannot be written"}},
+)
 async def delete_provider(request: Request, provider_id: str) -> dict[str, Any]:
     providers = _providers(request)
     try:
