@@ -72,6 +72,15 @@ def _cmd_providers_check(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _cmd_studio(args: argparse.Namespace) -> int:
+    try:
+        from comfyvn.gui.app import studio_command
+    except ImportError as exc:
+        print(f"comfyvn studio needs PySide6 ({exc}): pip install 'comfyvn[gui]'", file=sys.stderr)
+        return 2
+    return studio_command(args)
+
+
 def _add_connection_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--server", help="server URL (default: $COMFYVN_SERVER or http://127.0.0.1:8001)"
@@ -148,6 +157,16 @@ def build_parser() -> argparse.ArgumentParser:
     pcheck.add_argument("--no-color", action="store_true", help="never colour the status")
     pcheck.add_argument("--timeout", type=float, default=60.0, help="seconds to wait (default 60)")
     pcheck.set_defaults(func=_cmd_providers_check)
+
+    studio = sub.add_parser("studio", help="the PySide6 Studio (starts a server if none runs)")
+    _add_connection_args(studio)
+    studio.add_argument("--workspace", choices=["scenario", "system"], help="open this workspace")
+    studio.add_argument("--scene", help="play this scene (catalogue id) in the Scenario workspace")
+    studio.add_argument("--screenshot", metavar="FILE", help="render offscreen to a PNG and exit")
+    studio.add_argument(
+        "--wait", type=float, metavar="SECONDS", help="screenshot: longest wait (default 20)"
+    )
+    studio.set_defaults(func=_cmd_studio)
     return parser
 
 

@@ -1,0 +1,144 @@
+"""``comfyvn studio``: build the application, run the window, and stop what it started.
+
+``--screenshot FILE`` renders the window offscreen once it has settled (first provider check
+done, stream connected, scene shown) or after ``--wait`` seconds, writes a PNG and exits 0,
+even when the server is unreachable: the picture then shows what went wrong.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import QSettings, QTimer
+from PySide6.QtWidgets import QApplication
+
+from .main_window import StudioWindow
+from .options import WORKSPACES, StudioOptions
+from .theme import apply_style
+
+__all__ = ["SETTINGS_FILE", "options_from_args", "run_studio", "studio_command"]
+
+SETTINGS_FILE = "studio.ini"  # per data dir: window geometry, dock layout per workspace
+SETTLE_MS = 600  # after the window settled: let the last paints and stream frames land
+
+
+class UsageError(ValueError):
+    pass
+
+
+def options_from_args(args: argparse.Namespace) -> StudioOptions:
+    """Check what argparse cannot (paths, ranges); errors name the problem."""
+    workspace = getattr(args, "workspace", None)
+    if workspace is not None and workspace not in WORKSPACES:
+        raise UsageError(f"unknown workspace {workspace!r}; choose one of {', '.join(WORKSPACES)}")
+    wait = float(getattr(args, "wait", None) or 20.0)
+    if not 0 < wait <= 600:
+        raise UsageError(f"--wait must be between 0 and 600 seconds, got {wait:g}")
+    screenshot = Path(args.screenshot).expanduser() if getattr(args, "screenshot", None) else None
+    if screenshot is not None:
+        if screenshot.suffix.lower() != ".png":
+            raise UsageError(f"--screenshot writes a PNG; give a .png path, not {screenshot}")
+        if screenshot.is_dir():
+            raise UsageError(f"--screenshot: {screenshot} is a folder; give a .png file path")
+        parent = screenshot.resolve().parent
+        if not parent.is_dir():
+            raise UsageError(f"--screenshot: folder {parent} does not exist")
+        if not os.access(parent, os.W_OK):
+            raise UsageError(f"--screenshot: folder {parent} is not writable")
+    server = getattr(args, "server", None)
+    if server is not None and not server.startswith(("http://", "https://")):
+        raise UsageError(f"--server must be an http:// or https:// URL, got {server!r}")
+    return StudioOptions(
+        server=server,
+        token=getattr(args, "token", None),
+        data_dir=Path(args.data_dir) if getattr(args, "data_dir", None) else None,
+        workspace=workspace,
+        scene=getattr(args, "scene", None),
+        screenshot=screenshot,
+        wait_s=wait,
+        remember_layout=screenshot is None,
+    )
+
+
+def studio_command(args: argparse.Namespace) -> int:
+    try:
+        options = options_from_args(args)
+    except UsageError as exc:
+        print(f"comfyvn studio: {exc}", file=sys.stderr)
+        return 2
+    return run_studio(options)
+
+
+def run_studio(options: StudioOptions) -> int:
+    if options.screenshot is not None:
+        os.environ["QT_QPA_PLATFORM"] = "offscreen"  # never flashes a window on a desktop
+    app = QApplication.instance() or QApplication([sys.argv[0] if sys.argv else "comfyvn"])
+    assert isinstance(app, QApplication)
+    app.setApplicationName("ComfyVN Studio")
+    app.setOrganizationName("ComfyVN")
+    apply_style(app)
+    settings = None
+    if options.remember_layout:
+        data_dir = options.resolved_data_dir()
+        data_dir.mkdir(parents=True, exist_ok=True)
+        settings = QSettings(str(data_dir / SETTINGS_FILE), QSettings.Format.IniFormat)
+    window = StudioWindow(options, settings)
+    result = {"code": 0}
+    # Ctrl+C in the terminal closes the window cleanly (and stops a server we started).
+    signal.signal(signal.SIGINT, lambda *_: window.close())
+    heartbeat = QTimer()
+    heartbeat.timeout.connect(lambda: None)  # lets Python run its signal handlers
+    heartbeat.start(250)
+    try:
+        window.show()
+        window.start()
+        if options.screenshot is not None:
+            _schedule_screenshot(app, window, options, result)
+        app.exec()
+    finally:
+        heartbeat.stop()
+        window.hooks_panel.shutdown()
+        window.stop_local_servers()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    return result["code"]
+
+
+def _schedule_screenshot(
+    app: QApplication, window: StudioWindow, options: StudioOptions, result: dict[str, Any]
+) -> None:
+    deadline = time.monotonic() + options.wait_s
+    poll = QTimer(window)
+    path = options.screenshot
+    assert path is not None
+
+    def shoot() -> None:
+        pixmap = window.grab()
+        if pixmap.save(str(path), "PNG"):
+            print(f"comfyvn studio: wrote {path} ({pixmap.width()}x{pixmap.height()})", flush=True)
+        else:
+            print(f"comfyvn studio: could not write {path}", file=sys.stderr, flush=True)
+            result["code"] = 1
+        window.close()
+        app.quit()
+
+    def check() -> None:
+        timed_out = time.monotonic() >= deadline
+        if window.settled() or timed_out:
+            poll.stop()
+            if timed_out:
+                print(
+                    f"comfyvn studio: still loading after {options.wait_s:g} s; "
+                    "taking the screenshot as it is",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            QTimer.singleShot(SETTLE_MS, shoot)
+
+    poll.timeout.connect(check)
+    poll.start(100)

@@ -1,0 +1,148 @@
+"""Plain-text views of API data for the panels: pure functions, no Qt, easy to test."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+__all__ = [
+    "STATUS_LABELS",
+    "envelope_summary",
+    "format_clock",
+    "format_latency",
+    "format_quota",
+    "format_value",
+    "masked_config_lines",
+    "quota_lines",
+]
+
+STATUS_LABELS = {"green": "OK", "amber": "Degraded", "red": "Down", "gray": "Unknown"}
+GIB = 1024**3
+
+
+def format_clock(ts: float | None, *, millis: bool = False) -> str:
+    if ts is None:
+        return "never"
+    local = time.localtime(ts)
+    text = time.strftime("%H:%M:%S", local)
+    if millis:
+        text += f".{int((ts % 1) * 1000):03d}"
+    return text
+
+
+def format_latency(ms: float | None) -> str:
+    if ms is None:
+        return "—"
+    return f"{ms / 1000:.2f} s" if ms >= 1000 else f"{ms:.0f} ms"
+
+
+def _money(value: Any) -> str | None:
+    return f"${value:,.2f}" if isinstance(value, int | float) else None
+
+
+def _count(value: Any) -> str:
+    if not isinstance(value, int | float):
+        return "?"
+    if value >= 10_000:
+        return f"{value / 1000:.0f}k"
+    return f"{value:g}"
+
+
+def format_quota(
+    kind: str, quota: dict[str, Any] | None, supported: bool = True, status: str | None = None
+) -> str:
+    """One line for the Quota column: the fields that matter per kind, else the server's summary."""
+    if not supported:
+        return "—"
+    if not quota:
+        return "not checked yet" if status in (None, "gray") else "unavailable"
+    parts: list[str] = []
+    if kind == "runpod":
+        balance = _money(quota.get("balance"))
+        spend = _money(quota.get("spend_per_hr"))
+        if balance:
+            parts.append(f"balance {balance}")
+        if spend:
+            parts.append(f"{spend}/h")
+        if isinstance(quota.get("hours_left"), int | float):
+            parts.append(f"~{quota['hours_left']:g} h left")
+    elif kind == "comfyui":
+        total, free = quota.get("vram_total"), quota.get("vram_free")
+        if isinstance(total, int | float) and total > 0 and isinstance(free, int | float):
+            parts.append(f"VRAM {free / GIB:.1f}/{total / GIB:.1f} GiB free")
+        if quota.get("queue_running") is not None:
+            parts.append(
+                f"queue {quota['queue_running']} running, {quota['queue_pending']} pending"
+            )
+    elif kind == "openai":
+        for unit, short in (("requests", "req"), ("tokens", "tok")):
+            limit, left = quota.get(f"{unit}_limit"), quota.get(f"{unit}_remaining")
+            if limit is not None and left is not None:
+                parts.append(f"{short} {_count(left)}/{_count(limit)} left")
+    if parts:
+        return " · ".join(parts)
+    return str(quota.get("summary") or "—")
+
+
+def format_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if value is None:
+        return "—"
+    if isinstance(value, dict | list):
+        return json.dumps(value, sort_keys=True, separators=(", ", ": "))
+    return str(value)
+
+
+def masked_config_lines(provider: dict[str, Any]) -> list[tuple[str, str]]:
+    """(label, value) rows for an expanded provider: exactly what the API returned, which is
+    masked already; secrets show only whether they are set and their hint."""
+    rows: list[tuple[str, str]] = [
+        ("id", str(provider.get("id", ""))),
+        ("base_url", provider.get("base_url") or "— (no network)"),
+        ("enabled", format_value(provider.get("enabled", True))),
+    ]
+    for key, value in sorted((provider.get("config") or {}).items()):
+        rows.append((f"config.{key}", format_value(value)))
+    secrets = provider.get("secrets") or {}
+    if not secrets:
+        rows.append(("secrets", "none set"))
+    for name, masked in sorted(secrets.items()):
+        if isinstance(masked, dict) and masked.get("set"):
+            if masked.get("source") == "env":
+                state = "set" if masked.get("resolved") else "NOT set in the server's environment"
+                text = f"from ${masked.get('env')} ({state})"
+            else:
+                text = masked.get("hint") or "set (too short for a hint)"
+            rows.append((f"secrets.{name}", text))
+        else:
+            rows.append((f"secrets.{name}", "not set"))
+    for key, value in sorted((provider.get("threshold_overrides") or {}).items()):
+        rows.append((f"thresholds.{key}", format_value(value)))
+    return rows
+
+
+def quota_lines(quota: dict[str, Any] | None) -> list[tuple[str, str]]:
+    if not quota:
+        return []
+    return [(f"quota.{k}", format_value(v)) for k, v in quota.items() if k != "summary"]
+
+
+def envelope_summary(envelope: dict[str, Any]) -> str:
+    """A short human line for the hooks table."""
+    if envelope.get("gap"):
+        return f"gap: events {envelope.get('from')}..{envelope.get('to')} were pruned from the log"
+    data = envelope.get("data") or {}
+    event = envelope.get("event", "")
+    if event == "on_scene_enter":
+        end = " (finished)" if data.get("finished") else ""
+        return f"{data.get('scene_id')} → {data.get('node')} as {data.get('pov')}{end}"
+    if event == "on_choice_render":
+        labels = [str(c.get("label", c.get("id"))) for c in data.get("choices") or []]
+        shown = ", ".join(labels[:3]) + (" …" if len(labels) > 3 else "")
+        return f"{data.get('scene_id')}/{data.get('node')}: {len(labels)} choice(s): {shown}"
+    if event.startswith("on_asset_"):
+        return f"{data.get('type')} {str(data.get('uid', ''))[:12]} {data.get('path', '')}".strip()
+    parts = [f"{k}={format_value(v)}" for k, v in list(data.items())[:4]]
+    return ", ".join(parts)[:160]

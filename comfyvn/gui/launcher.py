@@ -1,0 +1,192 @@
+"""Find the server of a data dir, or start one: no Qt here, so it runs on any worker thread.
+
+Order when no ``--server`` (or ``COMFYVN_SERVER``) is given: the URL in ``<data-dir>/server.json``
+(written by a Studio that started its own server), then http://127.0.0.1:8001 (``make run``).
+A candidate counts only if it answers ``/health`` *and* accepts this data dir's token, so a
+server of another data dir on the default port is never used by mistake. Otherwise the Studio
+starts ``comfyvn serve --port 0 --data-dir DIR`` and stops it on exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from comfyvn.client.api import DEFAULT_SERVER, Connection, resolve_connection
+
+from .options import StudioOptions
+
+__all__ = ["SERVER_FILE", "Discovery", "LaunchError", "LocalServer", "discover", "probe"]
+
+SERVER_FILE = "server.json"
+READY_MARK = "server ready at "
+
+
+class LaunchError(RuntimeError):
+    """The Studio could neither find nor start a server; the message says why."""
+
+
+@dataclass(slots=True)
+class Discovery:
+    conn: Connection
+    origin: str  # for people: "--server", "server.json", "default URL", "started by the Studio"
+    local: LocalServer | None = None
+
+
+def probe(conn: Connection, timeout: float) -> str | None:
+    """``None`` when the server is up and takes the token, else what is wrong with it."""
+    try:
+        with httpx.Client(base_url=conn.server, timeout=timeout) as client:
+            health = client.get("/health")
+            if health.status_code != 200:
+                return f"/health answered {health.status_code}"
+            headers = {"Authorization": f"Bearer {conn.token}"} if conn.token else {}
+            auth = client.get("/api/modder/hooks/history", params={"limit": 1}, headers=headers)
+    except httpx.HTTPError as exc:
+        return f"not reachable ({type(exc).__name__})"
+    if auth.status_code in (401, 403):
+        return "runs, but refuses this data dir's token (another data dir's server)"
+    if auth.status_code != 200:
+        return f"API answered {auth.status_code}"
+    return None
+
+
+@dataclass
+class LocalServer:
+    """A ``comfyvn serve`` subprocess owned by the Studio."""
+
+    data_dir: Path
+    proc: subprocess.Popen[str] | None = None
+    url: str = ""
+    output: list[str] = field(default_factory=list)
+    _reader: threading.Thread | None = None
+
+    def start(self, timeout: float) -> str:
+        cmd = [
+            sys.executable,
+            "-m",
+            "comfyvn",
+            "serve",
+            "--port",
+            "0",
+            "--data-dir",
+            str(self.data_dir),
+        ]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env.pop("COMFYVN_PORT", None)
+        self.proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
+        ready = threading.Event()
+
+        def read() -> None:
+            assert self.proc is not None and self.proc.stdout is not None
+            for line in self.proc.stdout:
+                if len(self.output) < 500:
+                    self.output.append(line)
+                if READY_MARK in line and not self.url:
+                    self.url = line.rsplit(" ", 1)[1].strip()
+                    ready.set()
+            ready.set()  # the process ended (or closed stdout) without a ready line
+
+        self._reader = threading.Thread(target=read, name="comfyvn-local-server", daemon=True)
+        self._reader.start()
+        if not ready.wait(timeout) or not self.url:
+            tail = "".join(self.output[-8:]).strip()
+            self.stop()
+            why = f"it printed no ready line within {timeout:g} s"
+            raise LaunchError(
+                f"could not start 'comfyvn serve' for {self.data_dir}: {why}"
+                + (f"\n{tail}" if tail else "")
+            )
+        write_server_file(self.data_dir, self.url, self.proc.pid)
+        return self.url
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def stop(self, timeout: float = 15.0) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        if self._reader is not None:
+            self._reader.join(2)
+        remove_server_file(self.data_dir, proc.pid)
+
+
+def write_server_file(data_dir: Path, url: str, pid: int) -> None:
+    path = data_dir / SERVER_FILE
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"url": url, "pid": pid, "started_by": "comfyvn studio"}) + "\n")
+    os.replace(tmp, path)
+
+
+def read_server_file(data_dir: Path) -> str | None:
+    try:
+        data = json.loads((data_dir / SERVER_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    url = data.get("url") if isinstance(data, dict) else None
+    return url if isinstance(url, str) and url.startswith("http") else None
+
+
+def remove_server_file(data_dir: Path, pid: int) -> None:
+    """Only our own entry: another Studio may have written a newer one meanwhile."""
+    path = data_dir / SERVER_FILE
+    with contextlib.suppress(OSError, ValueError):
+        if json.loads(path.read_text(encoding="utf-8")).get("pid") == pid:
+            path.unlink()
+
+
+def discover(
+    options: StudioOptions, register: Callable[[LocalServer], None] | None = None
+) -> Discovery:
+    """Blocking (probes, maybe a subprocess start): call it from a worker thread.
+
+    ``register`` learns about a spawned server before it is started, so whoever owns the
+    Studio's shutdown can stop it even if the window closes while it is still starting."""
+    data_dir = options.resolved_data_dir()
+    explicit = options.server or os.environ.get("COMFYVN_SERVER")
+    if explicit:
+        conn = resolve_connection(explicit, options.token, data_dir)
+        return Discovery(conn, "--server" if options.server else "COMFYVN_SERVER")
+    tried: list[str] = []
+    candidates = [(read_server_file(data_dir), SERVER_FILE), (DEFAULT_SERVER, "default URL")]
+    for url, origin in candidates:
+        if not url or any(url in t for t in tried):
+            continue
+        conn = resolve_connection(url, options.token, data_dir)
+        problem = probe(conn, options.timeouts.probe_s)
+        if problem is None:
+            return Discovery(conn, origin)
+        tried.append(f"{url}: {problem}")
+    local = LocalServer(data_dir)
+    if register is not None:
+        register(local)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    url = local.start(options.timeouts.server_start_s)
+    conn = resolve_connection(url, options.token, data_dir)
+    return Discovery(conn, "started by the Studio", local)

@@ -1,0 +1,74 @@
+"""What ``comfyvn studio`` was asked to do, plus the ``COMFYVN_STUDIO_*`` knobs tests shrink."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["WORKSPACES", "StudioOptions", "Timeouts"]
+
+log = logging.getLogger("comfyvn.gui")
+
+WORKSPACES = ("scenario", "system")
+DEFAULT_REFRESH_S = 15
+
+
+def _env_seconds(name: str, default: float, minimum: float = 0.05) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        log.warning("%s=%r is not a number; using %s", name, raw, default)
+        return default
+    if value < minimum:
+        log.warning("%s=%s is below %s; using %s", name, raw, minimum, default)
+        return default
+    return value
+
+
+_HTTP_S = 30.0  # one API call (health checks are bounded server-side by their own timeout)
+_PROBE_S = 1.5  # "is a server of this data dir already running?"
+_SERVER_START_S = 60.0  # a spawned `comfyvn serve` must print its ready line by then
+_RECONNECT_MAX_S = 5.0  # hook stream backoff ceiling
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Network bounds: a dead or hung server costs at most these, and never on the GUI thread."""
+
+    http_s: float = _HTTP_S
+    probe_s: float = _PROBE_S
+    server_start_s: float = _SERVER_START_S
+    reconnect_max_s: float = _RECONNECT_MAX_S
+
+    @classmethod
+    def from_env(cls) -> Timeouts:
+        return cls(
+            http_s=_env_seconds("COMFYVN_STUDIO_HTTP_TIMEOUT", _HTTP_S),
+            probe_s=_env_seconds("COMFYVN_STUDIO_PROBE_TIMEOUT", _PROBE_S),
+            server_start_s=_env_seconds("COMFYVN_STUDIO_SERVER_START_TIMEOUT", _SERVER_START_S),
+            reconnect_max_s=_env_seconds("COMFYVN_STUDIO_RECONNECT_MAX", _RECONNECT_MAX_S),
+        )
+
+
+@dataclass(slots=True)
+class StudioOptions:
+    server: str | None = None
+    token: str | None = None
+    data_dir: Path | None = None
+    workspace: str | None = None  # None: the last one used, else Scenario
+    scene: str | None = None  # play this scene (catalogue id) in the Scenario workspace at start
+    screenshot: Path | None = None
+    wait_s: float = 20.0
+    remember_layout: bool = True  # screenshots use the default layout, so pictures are repeatable
+    timeouts: Timeouts = field(default_factory=Timeouts.from_env)
+
+    def resolved_data_dir(self) -> Path:
+        if self.data_dir is not None:
+            return Path(self.data_dir).expanduser().resolve()
+        env = os.environ.get("COMFYVN_DATA_DIR")
+        return Path(env).expanduser().resolve() if env else (Path.home() / ".comfyvn").resolve()

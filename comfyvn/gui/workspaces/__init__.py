@@ -1,0 +1,1 @@
+"""Central widgets of the Studio's workspaces."""

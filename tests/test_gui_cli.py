@@ -1,0 +1,162 @@
+"""``comfyvn studio`` as a command: screenshots (server up, server down, no server given: it
+starts one and stops it), server discovery, and every bad argument named with exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PySide6.QtGui import QImage
+
+from comfyvn.client.api import Connection
+from comfyvn.gui.app import UsageError, options_from_args
+from comfyvn.gui.formatting import format_quota, masked_config_lines
+from comfyvn.gui.launcher import SERVER_FILE, discover, probe, write_server_file
+from comfyvn.gui.options import StudioOptions, Timeouts
+
+from .support import ROOT, ServerProcess
+from .test_gui_support import studio_env
+from .test_providers_fakes import closed_port_url
+
+pytestmark = pytest.mark.gui
+
+
+def studio(*args: str, timeout: float = 90, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "comfyvn", "studio", *args],
+        cwd=ROOT,
+        env=studio_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    image = QImage(str(path))
+    assert not image.isNull(), f"{path} is not a readable PNG"
+    return image.width(), image.height()
+
+
+def test_screenshot_of_a_running_server(tmp_path: Path, server: ServerProcess) -> None:
+    out = tmp_path / "system.png"
+    done = studio(
+        "--server", server.url, "--data-dir", str(server.data_dir),
+        "--workspace", "system", "--screenshot", str(out), "--wait", "20",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert png_size(out) == (1280, 800)
+    assert f"wrote {out}" in done.stdout
+    assert "still loading" not in done.stderr  # it settled instead of timing out
+
+
+def test_screenshot_with_the_server_down_still_exits_0(tmp_path: Path) -> None:
+    out = tmp_path / "down.png"
+    done = studio(
+        "--server", closed_port_url(), "--token", "t", "--data-dir", str(tmp_path),
+        "--workspace", "system", "--screenshot", str(out), "--wait", "15",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert png_size(out) == (1280, 800)
+
+
+def test_without_a_server_it_starts_one_and_stops_it(tmp_path: Path) -> None:
+    data_dir = tmp_path / "fresh"
+    out = tmp_path / "spawned.png"
+    done = studio(
+        "--data-dir", str(data_dir), "--screenshot", str(out), "--wait", "30",
+        COMFYVN_STUDIO_PROBE_TIMEOUT="0.5",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert png_size(out) == (1280, 800)
+    line = next(x for x in done.stderr.splitlines() if "started a local server" in x)
+    pid = int(line.split("(pid ")[1].split(")")[0])
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # stopped (and reaped) before the command returned
+    assert (data_dir / "api_token").exists()  # the data dir's own server made its token
+    assert not (data_dir / SERVER_FILE).exists()  # its discovery entry is gone too
+
+
+def test_discovery_uses_the_data_dirs_server_and_skips_foreign_ones(
+    tmp_path: Path, server: ServerProcess
+) -> None:
+    write_server_file(server.data_dir, server.url, 12345)
+    found = discover(StudioOptions(data_dir=server.data_dir, timeouts=Timeouts(probe_s=2.0)))
+    assert (found.conn.server, found.origin, found.local) == (server.url, SERVER_FILE, None)
+    assert found.conn.token == server.token
+    # The same server seen from another data dir: it answers, but refuses that dir's token.
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "api_token").write_text("another-data-dirs-token\n")
+    problem = probe(Connection(server.url, "another-data-dirs-token"), 2.0)
+    assert problem is not None and "another data dir" in problem
+    assert probe(Connection(closed_port_url(), "x"), 2.0).startswith("not reachable")
+
+
+def _args(**kw: object) -> argparse.Namespace:
+    base = {"server": None, "token": None, "data_dir": None, "workspace": None, "scene": None}
+    return argparse.Namespace(**{**base, "screenshot": None, "wait": None, **kw})
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"screenshot": "shot.jpg"}, "writes a PNG"),
+        ({"screenshot": "/no/such/folder/shot.png"}, "does not exist"),
+        ({"screenshot": "tests/dir.png"}, "is a folder"),
+        ({"wait": -1.0}, "--wait must be between"),
+        ({"wait": 601.0}, "--wait must be between"),
+        ({"server": "127.0.0.1:8001"}, "--server must be an http"),
+        ({"workspace": "bogus"}, "unknown workspace"),
+    ],
+)
+def test_bad_arguments_are_named(
+    kw: dict, message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "tests" / "dir.png").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)  # relative paths resolve here
+    with pytest.raises(UsageError, match=message):
+        options_from_args(_args(**kw))
+
+
+def test_bad_arguments_exit_2_before_any_window(tmp_path: Path) -> None:
+    done = studio("--screenshot", str(tmp_path / "missing" / "x.png"))
+    assert done.returncode == 2
+    assert "does not exist" in done.stderr
+    bad_choice = studio("--workspace", "bogus")
+    assert bad_choice.returncode == 2 and "invalid choice" in bad_choice.stderr
+
+
+def test_unwritable_screenshot_folder_is_named(tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    if os.access(locked, os.W_OK):  # running as root: permissions do not apply
+        pytest.skip("permissions are not enforced for this user")
+    with pytest.raises(UsageError, match="not writable"):
+        options_from_args(_args(screenshot=str(locked / "x.png")))
+
+
+def test_formatting_shows_hints_never_values() -> None:
+    provider = {
+        "id": "oa",
+        "base_url": "http://127.0.0.1:1/v1",
+        "enabled": True,
+        "config": {"models_path": "/v1/models"},
+        "secrets": {
+            "api_key": {"set": True, "source": "value", "hint": "****abcd"},
+            "org": {"set": True, "source": "env", "env": "OA_ORG", "resolved": False},
+        },
+    }
+    rows = dict(masked_config_lines(provider))
+    assert rows["secrets.api_key"] == "****abcd"
+    assert rows["secrets.org"] == "from $OA_ORG (NOT set in the server's environment)"
+    assert json.dumps(rows).count("****") == 1
+    assert format_quota("http", None, supported=False) == "—"
+    assert format_quota("comfyui", None, True, "red") == "unavailable"
+    quota = {"balance": 12.5, "spend_per_hr": 0.5, "hours_left": 25.0}
+    assert format_quota("runpod", quota) == "balance $12.50 · $0.50/h · ~25 h left"
