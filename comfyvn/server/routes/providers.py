@@ -14,6 +14,7 @@ from comfyvn.providers.component import Providers
 from comfyvn.providers.models import KINDS, QUOTA_KINDS, ProviderCreate, ProviderUpdate, Thresholds
 from comfyvn.providers.registry import RegistryError
 
+from ..errors import error_responses
 from ..services import get_services
 
 MAX_BODY_BYTES = 64 * 1024  # a provider is a few hundred bytes; refuse before parsing more
@@ -57,10 +58,7 @@ IdsQuery = Annotated[
         "Omit for every provider.",
     ),
 ]
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    404: {"description": "Unknown provider id"},
-    422: {"description": "Invalid body or query"},
-}
+_ERRORS = error_responses(404)  # plus COMMON_ERRORS (400/401/422/503) added by the app
 
 
 def _providers(request: Request) -> Providers:
@@ -114,12 +112,7 @@ async def list_providers(request: Request) -> dict[str, Any]:
     "",
     status_code=201,
     summary="Add a provider; a client-supplied id (slug) is kept",
-    responses={
-        409: {"description": "Duplicate id"},
-        413: {"description": "Body too large"},
-        422: _ERRORS[422],
-        503: {"description": "The data dir cannot be written"},
-    },
+    responses=error_responses(409, 413),
 )
 async def create_provider(request: Request, body: ProviderCreate) -> dict[str, Any]:
     registry = _providers(request).registry
@@ -217,11 +210,7 @@ async def get_provider(request: Request, provider_id: str) -> dict[str, Any]:
 @router.put(
     "/{provider_id}",
     summary="Change a provider: given fields replace; secrets merge (null removes one)",
-    responses={
-        **_ERRORS,
-        413: {"description": "Body too large"},
-        503: {"description": "The data dir cannot be written"},
-    },
+    responses=error_responses(404, 413),
 )
 async def update_provider(request: Request, provider_id: str, body: ProviderUpdate) -> dict:
     registry = _providers(request).registry
@@ -235,7 +224,7 @@ async def update_provider(request: Request, provider_id: str, body: ProviderUpda
 @router.delete(
     "/{provider_id}",
     summary="Remove a provider and its secrets",
-    responses={**_ERRORS, 503: {"description": "The data dir cannot be written"}},
+    responses=_ERRORS,
 )
 async def delete_provider(request: Request, provider_id: str) -> dict[str, Any]:
     providers = _providers(request)
