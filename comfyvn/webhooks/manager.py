@@ -119,7 +119,7 @@ class WebhookManager:
         return {"subscriptions": len(self._subs), **self.worker.stats()}
 
     def get(self, sub_id: str) -> Subscription:
-        sub = self._subs.get(sub_id) or self.store.get_subscription(sub_id)
+        sub = self._subs.get(sub_id)  # the snapshot is reloaded after every change
         if sub is None:
             raise WebhookError(404, f"no webhook with id {sub_id!r}")
         return sub

@@ -14,12 +14,23 @@ from .signing import mask_secret, parse_secret
 __all__ = [
     "DELIVERY_STATUSES",
     "Attempt",
+    "AttemptOut",
     "Delivery",
+    "DeliveryDetail",
+    "DeliveryList",
+    "DeliveryOut",
     "DeliveryStatus",
     "RotateSecretRequest",
+    "SendResult",
     "Subscription",
+    "WebhookChanged",
     "WebhookCreate",
+    "WebhookCreated",
     "WebhookDeleteByUrl",
+    "WebhookDeleted",
+    "WebhookDetail",
+    "WebhookList",
+    "WebhookOut",
     "WebhookPatch",
 ]
 
@@ -193,3 +204,102 @@ class RotateSecretRequest(_Body):
         le=30 * 24 * 3600,
         description="How long the old secret keeps signing too (default 24 h).",
     )
+
+
+# -- responses (documented in OpenAPI) ---------------------------------------------------------
+class WebhookOut(BaseModel):
+    id: str
+    url: str = Field(description="Receiver URL (a password in it is masked).")
+    events: list[str]
+    secret: str | None = Field(
+        description="Masked ('whsec_****abcd') except in the create and rotate-secret answers."
+    )
+    enabled: bool
+    description: str
+    created_at: float
+    updated_at: float
+    disabled_reason: str | None = Field(description="Why it was disabled (410, failures...).")
+    consecutive_failures: int = Field(description="Exhausted deliveries since the last success.")
+    last_success_at: float | None
+    last_failure_at: float | None
+    previous_secret_expires_at: float | None = Field(
+        description="Until when the previous secret also signs (after a rotation)."
+    )
+
+
+class WebhookList(BaseModel):
+    ok: bool = True
+    items: list[WebhookOut]
+
+
+class WebhookCreated(BaseModel):
+    ok: bool = True
+    webhook: WebhookOut
+    note: str
+
+
+class WebhookChanged(BaseModel):
+    ok: bool = True
+    webhook: WebhookOut
+
+
+class WebhookDetail(BaseModel):
+    ok: bool = True
+    webhook: WebhookOut
+    deliveries: dict[str, int] = Field(description="Delivery counts by status.")
+
+
+class WebhookDeleted(BaseModel):
+    ok: bool = True
+    deleted: list[str] = Field(description="Ids of the subscriptions removed.")
+    updated: list[str] = Field(default_factory=list, description="Ids that lost one event.")
+
+
+class DeliveryOut(BaseModel):
+    id: int
+    webhook_id: str
+    event: str = Field(description="Hook name, or 'ping'.")
+    event_id: str = Field(description="Envelope id, sent as 'webhook-id' (idempotency key).")
+    seq: int | None
+    status: DeliveryStatus
+    attempts: int
+    next_attempt_at: float | None = Field(description="When pending: the next attempt (UTC s).")
+    created_at: float
+    updated_at: float
+    last_status_code: int | None
+    last_error: str | None
+    last_latency_ms: float | None
+
+
+class DeliveryWithEnvelope(DeliveryOut):
+    envelope: dict[str, Any] = Field(description="The body that is POSTed.")
+
+
+class DeliveryList(BaseModel):
+    ok: bool = True
+    items: list[DeliveryOut]
+    next_before: int | None = Field(description="Pass as 'before' for the next (older) page.")
+
+
+class AttemptOut(BaseModel):
+    attempt: int
+    started_at: float
+    latency_ms: float
+    status_code: int | None
+    ok: bool
+    error: str | None
+    response: str | None = Field(description="The first 1 KiB of the receiver's answer.")
+    outcome: str = Field(description="delivered | retry | failed | disabled")
+
+
+class DeliveryDetail(BaseModel):
+    ok: bool = True
+    delivery: DeliveryWithEnvelope
+    attempts: list[AttemptOut]
+
+
+class SendResult(BaseModel):
+    ok: bool = True
+    delivered: bool = Field(description="True when the receiver answered 2xx.")
+    delivery: DeliveryOut | None
+    attempt: AttemptOut

@@ -8,33 +8,49 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, HTTPException, Path, Query, Request
 from pydantic import BaseModel, ValidationError
 
 from comfyvn.webhooks.manager import WebhookError, WebhookManager
 from comfyvn.webhooks.models import (
     Attempt,
     Delivery,
+    DeliveryDetail,
+    DeliveryList,
     DeliveryStatus,
     RotateSecretRequest,
+    SendResult,
     Subscription,
+    WebhookChanged,
     WebhookCreate,
+    WebhookCreated,
     WebhookDeleteByUrl,
+    WebhookDeleted,
+    WebhookDetail,
+    WebhookList,
     WebhookPatch,
 )
 
+from ..errors import error_responses
 from ..services import get_services
 
 router = APIRouter(prefix="/api/modder/hooks/webhooks", tags=["webhooks"])
 
 MAX_BODY_BYTES = 16 * 1024
 B = TypeVar("B", bound=BaseModel)
+# 400/401/422/503 are documented on every route by the app (COMMON_ERRORS).
+_NOT_FOUND = error_responses(404)
+DeliveryId = Annotated[int, Path(ge=1, le=2**62, description="Delivery id from the log")]
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"description": "Refused URL, unknown hook or bad secret"},
-    404: {"description": "Unknown webhook or delivery"},
-    409: {"description": "Conflict (duplicate, limit, delivery in flight)"},
-}
+
+def _json_body(model: type[BaseModel], required: bool = True) -> dict[str, Any]:
+    """Bodies are parsed by hand (size limit, named errors); this documents them."""
+    return {
+        "requestBody": {
+            "required": required,
+            "content": {"application/json": {"schema": model.model_json_schema()}},
+        }
+    }
 
 
 def _manager(request: Request) -> WebhookManager:
@@ -69,41 +85,32 @@ def _fail(exc: WebhookError) -> HTTPException:
     return HTTPException(exc.status, exc.detail)
 
 
-def _created(sub: Subscription) -> dict[str, Any]:
+def _with_secret(sub: Subscription) -> dict[str, Any]:
     """The one place a secret is shown: right after create or rotate."""
     return {**sub.masked(), "secret": sub.secret}
 
 
-def _attempt(attempt: Attempt) -> dict[str, Any]:
-    return attempt.to_dict()
-
-
-def _delivery_result(delivery: Delivery | None, attempt: Attempt) -> dict[str, Any]:
+def _sent(delivery: Delivery | None, attempt: Attempt) -> dict[str, Any]:
     return {
         "ok": True,
         "delivered": attempt.ok,
         "delivery": delivery.to_dict() if delivery else None,
-        "attempt": _attempt(attempt),
+        "attempt": attempt.to_dict(),
     }
 
 
-@router.get("", summary="List webhook subscriptions (secrets masked)")
+@router.get("", summary="List webhook subscriptions (secrets masked)", response_model=WebhookList)
 async def list_webhooks(request: Request) -> dict[str, Any]:
-    manager = _manager(request)
-    return {"ok": True, "items": manager.describe_masked()}
+    return {"ok": True, "items": _manager(request).describe_masked()}
 
 
 @router.post(
     "",
     status_code=201,
     summary="Subscribe a URL; the response is the only one that shows the secret",
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": WebhookCreate.model_json_schema()}},
-        }
-    },
-    responses=_ERRORS,
+    response_model=WebhookCreated,
+    responses=error_responses(409, 413),
+    openapi_extra=_json_body(WebhookCreate),
 )
 async def create_webhook(request: Request) -> dict[str, Any]:
     manager = _manager(request)
@@ -114,7 +121,7 @@ async def create_webhook(request: Request) -> dict[str, Any]:
         raise _fail(exc) from None
     return {
         "ok": True,
-        "webhook": _created(sub),
+        "webhook": _with_secret(sub),
         "note": "store the secret now: it is not shown again (rotate it if lost)",
     }
 
@@ -122,13 +129,9 @@ async def create_webhook(request: Request) -> dict[str, Any]:
 @router.delete(
     "",
     summary="Stop sending one hook (or '*') to a URL: the simple case",
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": WebhookDeleteByUrl.model_json_schema()}},
-        }
-    },
-    responses=_ERRORS,
+    response_model=WebhookDeleted,
+    responses=error_responses(404, 409, 413),
+    openapi_extra=_json_body(WebhookDeleteByUrl),
 )
 async def delete_by_url(request: Request) -> dict[str, Any]:
     manager = _manager(request)
@@ -140,7 +143,12 @@ async def delete_by_url(request: Request) -> dict[str, Any]:
     return {"ok": True, **result}
 
 
-@router.get("/{webhook_id}", summary="One subscription with delivery counts", responses=_ERRORS)
+@router.get(
+    "/{webhook_id}",
+    summary="One subscription with delivery counts",
+    response_model=WebhookDetail,
+    responses=_NOT_FOUND,
+)
 async def get_webhook(request: Request, webhook_id: str) -> dict[str, Any]:
     manager = _manager(request)
     try:
@@ -154,13 +162,9 @@ async def get_webhook(request: Request, webhook_id: str) -> dict[str, Any]:
 @router.patch(
     "/{webhook_id}",
     summary="Change url, events, enabled or description",
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": WebhookPatch.model_json_schema()}},
-        }
-    },
-    responses=_ERRORS,
+    response_model=WebhookChanged,
+    responses=error_responses(404, 413),
+    openapi_extra=_json_body(WebhookPatch),
 )
 async def patch_webhook(request: Request, webhook_id: str) -> dict[str, Any]:
     manager = _manager(request)
@@ -173,7 +177,10 @@ async def patch_webhook(request: Request, webhook_id: str) -> dict[str, Any]:
 
 
 @router.delete(
-    "/{webhook_id}", summary="Delete a subscription and its delivery log", responses=_ERRORS
+    "/{webhook_id}",
+    summary="Delete a subscription and its delivery log",
+    response_model=WebhookDeleted,
+    responses=_NOT_FOUND,
 )
 async def delete_webhook(request: Request, webhook_id: str) -> dict[str, Any]:
     manager = _manager(request)
@@ -181,19 +188,15 @@ async def delete_webhook(request: Request, webhook_id: str) -> dict[str, Any]:
         await manager.delete(webhook_id)
     except WebhookError as exc:
         raise _fail(exc) from None
-    return {"ok": True, "deleted": [webhook_id]}
+    return {"ok": True, "deleted": [webhook_id], "updated": []}
 
 
 @router.post(
     "/{webhook_id}/rotate-secret",
     summary="New secret; the old one keeps signing too for a grace period",
-    openapi_extra={
-        "requestBody": {
-            "required": False,
-            "content": {"application/json": {"schema": RotateSecretRequest.model_json_schema()}},
-        }
-    },
-    responses=_ERRORS,
+    response_model=WebhookChanged,
+    responses=error_responses(404, 413),
+    openapi_extra=_json_body(RotateSecretRequest, required=False),
 )
 async def rotate_secret(request: Request, webhook_id: str) -> dict[str, Any]:
     manager = _manager(request)
@@ -202,17 +205,22 @@ async def rotate_secret(request: Request, webhook_id: str) -> dict[str, Any]:
         sub = await manager.rotate(webhook_id, body)
     except WebhookError as exc:
         raise _fail(exc) from None
-    return {"ok": True, "webhook": _created(sub)}
+    return {"ok": True, "webhook": _with_secret(sub)}
 
 
-@router.get("/{webhook_id}/deliveries", summary="The delivery log, newest first", responses=_ERRORS)
+@router.get(
+    "/{webhook_id}/deliveries",
+    summary="The delivery log, newest first",
+    response_model=DeliveryList,
+    responses=_NOT_FOUND,
+)
 async def list_deliveries(
     request: Request,
     webhook_id: str,
     status: Annotated[DeliveryStatus | None, Query(description="pending|delivered|failed")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     before: Annotated[
-        int | None, Query(ge=1, description="Only deliveries with a lower id")
+        int | None, Query(ge=1, le=2**62, description="Only deliveries with a lower id")
     ] = None,
 ) -> dict[str, Any]:
     manager = _manager(request)
@@ -230,9 +238,12 @@ async def list_deliveries(
 @router.get(
     "/{webhook_id}/deliveries/{delivery_id}",
     summary="One delivery with its envelope and every attempt",
-    responses=_ERRORS,
+    response_model=DeliveryDetail,
+    responses=_NOT_FOUND,
 )
-async def get_delivery(request: Request, webhook_id: str, delivery_id: int) -> dict[str, Any]:
+async def get_delivery(
+    request: Request, webhook_id: str, delivery_id: DeliveryId
+) -> dict[str, Any]:
     manager = _manager(request)
     try:
         delivery, attempts = await asyncio.to_thread(manager.delivery, webhook_id, delivery_id)
@@ -241,28 +252,30 @@ async def get_delivery(request: Request, webhook_id: str, delivery_id: int) -> d
     return {
         "ok": True,
         "delivery": delivery.to_dict(envelope=True),
-        "attempts": [_attempt(a) for a in attempts],
+        "attempts": [a.to_dict() for a in attempts],
     }
 
 
 @router.post(
     "/{webhook_id}/deliveries/{delivery_id}/redeliver",
     summary="Send one delivery again now and return the attempt",
-    responses=_ERRORS,
+    response_model=SendResult,
+    responses=error_responses(404, 409),
 )
-async def redeliver(request: Request, webhook_id: str, delivery_id: int) -> dict[str, Any]:
+async def redeliver(request: Request, webhook_id: str, delivery_id: DeliveryId) -> dict[str, Any]:
     manager = _manager(request)
     try:
         delivery, attempt = await manager.redeliver(webhook_id, delivery_id)
     except WebhookError as exc:
         raise _fail(exc) from None
-    return _delivery_result(delivery, attempt)
+    return _sent(delivery, attempt)
 
 
 @router.post(
     "/{webhook_id}/ping",
     summary="Send a signed 'ping' event now and return the attempt",
-    responses=_ERRORS,
+    response_model=SendResult,
+    responses=_NOT_FOUND,
 )
 async def ping(request: Request, webhook_id: str) -> dict[str, Any]:
     manager = _manager(request)
@@ -270,4 +283,4 @@ async def ping(request: Request, webhook_id: str) -> dict[str, Any]:
         delivery, attempt = await manager.ping(webhook_id)
     except WebhookError as exc:
         raise _fail(exc) from None
-    return _delivery_result(delivery, attempt)
+    return _sent(delivery, attempt)
