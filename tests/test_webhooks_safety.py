@@ -168,3 +168,12 @@ def test_bad_webhook_env_stops_the_server_with_a_named_error(tmp_path: Path) -> 
     with pytest.raises(RuntimeError, match="COMFYVN_WEBHOOK_RETRY_SCHEDULE"):
         server.start()
     server.stop()
+
+
+def test_the_database_holding_secrets_is_private(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path / "data").start()
+    try:
+        mode = (server.data_dir / "events.sqlite3").stat().st_mode & 0o777
+        assert mode == 0o600
+    finally:
+        server.stop()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -83,6 +84,14 @@ _SUB_COLUMNS = [f.name for f in fields(Subscription)]
 _DELIVERY_COLUMNS = [f.name for f in fields(Delivery)]
 
 
+def _make_private(db: Path) -> None:
+    """The file now holds signing secrets: owner-only, like ``api_token`` (SQLite creates the
+    -wal/-shm files with the database file's mode)."""
+    for path in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+        with contextlib.suppress(OSError):
+            os.chmod(path, 0o600)
+
+
 @dataclass(slots=True)
 class Outcome:
     """What one attempt did to its delivery (and maybe to its subscription)."""
@@ -100,6 +109,7 @@ class WebhookStore:
         self._conn = connect(self.path)
         self._lock = threading.Lock()
         self._conn.executescript(SCHEMA)
+        _make_private(self.path)
 
     def close(self) -> None:
         with self._lock, contextlib.suppress(sqlite3.Error):

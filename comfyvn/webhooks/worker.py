@@ -92,6 +92,7 @@ class DeliveryWorker:
         self._per_sub: dict[str, int] = defaultdict(int)
         self._tasks: set[asyncio.Task[None]] = set()
         self._results: list[tuple[Outcome, str]] = []
+        self._failing: set[str] = set()  # endpoints whose last attempt failed (log transitions)
         self._clients: dict[str, httpx.AsyncClient] = {}
         self.sent = 0
         self.delivered = 0
@@ -342,9 +343,23 @@ class DeliveryWorker:
         ok = status is not None and 200 <= status < 300
         if ok:
             self.delivered += 1
+            if sub.id in self._failing:
+                self._failing.discard(sub.id)
+                log.info("webhook %s is delivering again", sub.id)
         else:
             self.failed_attempts += 1
-            log.info("webhook %s delivery %s attempt failed: %s", sub.id, delivery_id, error)
+            if sub.id not in self._failing:  # once per failing streak; the delivery log has all
+                self._failing.add(sub.id)
+                log.warning(
+                    "webhook %s: delivery %s failed (%s); retrying per schedule, see "
+                    "GET /api/modder/hooks/webhooks/%s/deliveries",
+                    sub.id,
+                    delivery_id,
+                    error,
+                    sub.id,
+                )
+            else:
+                log.debug("webhook %s delivery %s failed: %s", sub.id, delivery_id, error)
         return Attempt(
             delivery_id=delivery_id,
             webhook_id=sub.id,
