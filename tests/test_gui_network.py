@@ -173,4 +173,4 @@ def test_window_without_server_says_why(qtbot, tmp_path: Path) -> None:
     qtbot.waitUntil(window.settled, timeout=15_000)
     assert "cannot reach the server" in window.debug_panel.banner.text()
     assert "cannot reach the server" in window.system.server_value.text()
-    qtbot.waitUntil(lambda: "reconnecting" in window.connection_label.text(), timeout=10_000)
+    qtbot.waitUntil(lambda: "unreachable" in window.connection_label.text(), timeout=10_000)

@@ -105,7 +105,7 @@ def test_quota_fields_for_providers_that_have_them(qtbot, window) -> None:
     qtbot.waitUntil(lambda: panel.refresh_count >= 1, timeout=15_000)
     items = top_items(panel.tree)
     comfy = items["comfy-main"].text(COL_QUOTA)
-    assert "VRAM 20.0/24.0 GiB free" in comfy and "queue 1 running, 2 pending" in comfy
+    assert "VRAM 20.0/24.0 GiB free" in comfy and "1 running, 2 pending" in comfy
     runpod = items["runpod-low"].text(COL_QUOTA)
     assert "balance $2.00" in runpod and "$0.40/h" in runpod and "h left" in runpod
     assert "req 4999/5000 left" in items["openai-main"].text(COL_QUOTA)
@@ -192,8 +192,8 @@ def test_hooks_dock_shows_scene_enter_while_the_scenario_plays(qtbot, window) ->
     scenario, hooks = window.scenario, window.hooks_panel
     qtbot.waitUntil(lambda: hooks.stream_state == "live", timeout=10_000)
     qtbot.waitUntil(lambda: scenario.start_button.isEnabled(), timeout=10_000)
-    summary = scenario.scene_combo.currentData()
-    assert summary["id"] == "lighthouse"
+    summary = scenario.current_summary()
+    assert summary is not None and summary["id"] == "lighthouse"
 
     qtbot.mouseClick(scenario.start_button, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: scenario.last_turn is not None, timeout=10_000)

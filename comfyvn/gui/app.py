@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QSettings, QTimer
+import PySide6
+from PySide6.QtCore import QMessageLogContext, QSettings, QTimer, QtMsgType, qInstallMessageHandler
 from PySide6.QtWidgets import QApplication
 
 from .main_window import StudioWindow
@@ -75,9 +76,31 @@ def studio_command(args: argparse.Namespace) -> int:
     return run_studio(options)
 
 
+_NOISE = ("propagateSizeHints",)  # the offscreen platform's harmless complaint, once per window
+
+
+def _qt_messages(kind: QtMsgType, context: QMessageLogContext, message: str) -> None:
+    if not any(noise in message for noise in _NOISE):
+        print(f"qt: {message}", file=sys.stderr)
+
+
+def _check_pyside() -> None:
+    """PySide6 6.12.0 releases ``None`` once too often on Python < 3.12 (where ``None`` is not
+    immortal), which crashes a long session; pyproject pins below it, this catches other envs."""
+    if sys.version_info < (3, 12) and tuple(PySide6.__version_info__[:2]) >= (6, 12):
+        print(
+            f"comfyvn studio: warning: PySide6 {PySide6.__version__} on Python "
+            f"{sys.version_info.major}.{sys.version_info.minor} can crash (None refcount bug); "
+            "install 'PySide6-Essentials<6.12' or use Python 3.12+",
+            file=sys.stderr,
+        )
+
+
 def run_studio(options: StudioOptions) -> int:
+    _check_pyside()
     if options.screenshot is not None:
         os.environ["QT_QPA_PLATFORM"] = "offscreen"  # never flashes a window on a desktop
+        qInstallMessageHandler(_qt_messages)
     app = QApplication.instance() or QApplication([sys.argv[0] if sys.argv else "comfyvn"])
     assert isinstance(app, QApplication)
     app.setApplicationName("ComfyVN Studio")

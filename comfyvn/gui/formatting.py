@@ -17,7 +17,7 @@ __all__ = [
     "quota_lines",
 ]
 
-STATUS_LABELS = {"green": "OK", "amber": "Degraded", "red": "Down", "gray": "Unknown"}
+STATUS_LABELS = {"green": "OK", "amber": "Degraded", "red": "Down", "gray": "Not checked"}
 GIB = 1024**3
 
 
@@ -72,9 +72,7 @@ def format_quota(
         if isinstance(total, int | float) and total > 0 and isinstance(free, int | float):
             parts.append(f"VRAM {free / GIB:.1f}/{total / GIB:.1f} GiB free")
         if quota.get("queue_running") is not None:
-            parts.append(
-                f"queue {quota['queue_running']} running, {quota['queue_pending']} pending"
-            )
+            parts.append(f"{quota['queue_running']} running, {quota['queue_pending']} pending")
     elif kind == "openai":
         for unit, short in (("requests", "req"), ("tokens", "tok")):
             limit, left = quota.get(f"{unit}_limit"), quota.get(f"{unit}_remaining")

@@ -128,8 +128,8 @@ class HookStream:
                 why = f"unreadable frame ({exc})"
             if self._stop.is_set():
                 return
-            after = f" after seq {self.cursor}" if self.cursor is not None else ""
-            self._status("retry", f"{why}; reconnecting in {backoff:.1f} s, resuming{after}")
+            resume = f", resuming after seq {self.cursor}" if self.cursor is not None else ""
+            self._status("retry", f"{why}; reconnecting in {backoff:.1f} s{resume}")
             self._stop.wait(backoff)
             backoff = min(backoff * 2, self._max_backoff)
 

@@ -85,6 +85,7 @@ class StudioWindow(QMainWindow):
         self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.hooks_dock)
         self.debug_panel.summary_changed.connect(self.system.set_provider_summary)
         self.hooks_panel.stream_state_changed.connect(self._on_stream_state)
+        self.debug_panel.refreshed.connect(self._on_providers_refreshed)
         self._sized = False
 
         self._build_actions()
@@ -231,10 +232,20 @@ class StudioWindow(QMainWindow):
         )
 
     def _on_stream_state(self, state: str, message: str) -> None:
-        color = {"live": "green", "retry": "amber", "connecting": "amber"}.get(state, "red")
-        words = {"live": "connected", "retry": "reconnecting", "connecting": "connecting"}
-        self._show_connection(color, words.get(state, "unreachable"))
+        stream = self.hooks_panel.stream
+        if state == "retry" and (stream is None or stream.connects == 0):
+            color, words = "red", "unreachable, retrying"  # never got through yet
+        else:
+            color = {"live": "green", "retry": "amber", "connecting": "amber"}.get(state, "red")
+            words = {"live": "connected", "retry": "reconnecting", "connecting": "connecting"}.get(
+                state, "refused"
+            )
+        self._show_connection(color, words)
         self.connection_label.setToolTip(f"hook stream: {message}")
+
+    def _on_providers_refreshed(self, ok: bool) -> None:
+        if not ok and not self.debug_panel.rows():
+            self.system.providers_value.setText("unknown: the provider list could not be read")
 
     def detach(self, problem: str) -> None:
         self.connect_problem = problem

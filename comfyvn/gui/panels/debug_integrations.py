@@ -68,7 +68,7 @@ class ProviderRow:
 
 class DebugIntegrationsPanel(QWidget):
     refreshed = Signal(bool)  # after each fresh check: True with results, False on failure
-    summary_changed = Signal(dict)  # {"green": n, "amber": n, "red": n, "gray": n}
+    summary_changed = Signal(object)  # {"green": n, "amber": n, "red": n, "gray": n}
 
     def __init__(self, parent: QWidget | None = None, settings: QSettings | None = None) -> None:
         super().__init__(parent)
@@ -123,7 +123,7 @@ class DebugIntegrationsPanel(QWidget):
             (COL_NAME, 170),
             (COL_KIND, 76),
             (COL_LATENCY, 72),
-            (COL_QUOTA, 270),
+            (COL_QUOTA, 300),
             (COL_UPDATED, 76),
         ):
             header.resizeSection(col, width)
@@ -318,14 +318,16 @@ class DebugIntegrationsPanel(QWidget):
             else:
                 text = "Loading providers…"
             placeholder = QTreeWidgetItem([text])
-            placeholder.setFirstColumnSpanned(True)
+            placeholder.setData(0, ID_ROLE, "")  # every row answers data(): see _render
             placeholder.setForeground(0, QBrush(QColor("#555b63")))
             self.tree.addTopLevelItem(placeholder)
+            placeholder.setFirstColumnSpanned(True)  # only takes once the item is in the tree
         chips = "&nbsp;&nbsp;".join(
             f"{dot_html(s)} {counts[s]} {STATUS_LABELS[s]}" for s in counts if counts[s]
         )
         self.summary_label.setText(chips)
-        self.summary_changed.emit(counts)
+        if self._rows or self.refresh_count:  # known, not merely "nothing loaded yet"
+            self.summary_changed.emit(counts)
 
     def _build_item(self, row: ProviderRow) -> QTreeWidgetItem:
         provider, result = row.provider, row.result
@@ -334,7 +336,7 @@ class DebugIntegrationsPanel(QWidget):
         enabled = provider.get("enabled", True)
         label = "Disabled" if not enabled else STATUS_LABELS.get(status, status)
         if enabled and not result:
-            label = "Unknown"
+            label = "Not checked"
         reason = str(result.get("reason") or ("disabled" if not enabled else "never checked"))
         error = result.get("error")
         supported = bool(provider.get("supports_quota", False))
@@ -382,10 +384,11 @@ class DebugIntegrationsPanel(QWidget):
         font = mono_font()
         for key, value in lines:
             child = QTreeWidgetItem([f"{key.ljust(width)}{value}"])
-            child.setFirstColumnSpanned(True)
             child.setFont(0, font)
             child.setForeground(0, QBrush(QColor("#3c4043")))
+            child.setToolTip(0, f"{key}: {value}")
             item.addChild(child)
+            child.setFirstColumnSpanned(True)  # only takes once the item is in the tree
 
     # -- polling -----------------------------------------------------------------------------
     def _on_tick(self) -> None:

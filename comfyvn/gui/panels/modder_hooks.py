@@ -3,6 +3,7 @@ pause and clear; selecting a row shows its JSON. The stream reconnects and resum
 
 from __future__ import annotations
 
+import itertools
 import json
 from typing import Any
 
@@ -46,6 +47,10 @@ class ModderHooksPanel(QWidget):
         self._stream: HookStream | None = None
         self._api: StudioApi | None = None
         self._paused: list[dict[str, Any]] = []
+        # Envelopes stay Python-side, keyed by an int kept in the row: a dict stored in a Qt
+        # item would be converted to a QVariantMap, and PySide mishandles None values in those.
+        self._store: dict[int, dict[str, Any]] = {}
+        self._keys = itertools.count()
         self.stream_state = "idle"
         self.stream_message = ""
         self.received = 0
@@ -177,18 +182,22 @@ class ModderHooksPanel(QWidget):
         bar = self.table.verticalScrollBar()
         at_bottom = bar.value() >= bar.maximum() - 2
         for env in items:
-            self.model.appendRow(self._row(env))
+            key = next(self._keys)
+            self._store[key] = env
+            self.model.appendRow(self._row(env, key))
             if not env.get("gap"):
                 self._add_hook_name(str(env.get("event", "")))
         excess = self.model.rowCount() - MAX_ROWS
         if excess > 0:
+            for row in range(excess):
+                self._store.pop(self.model.item(row, 0).data(ENVELOPE_ROLE), None)
             self.model.removeRows(0, excess)
         if at_bottom:
             self.table.scrollToBottom()
         self._update_count()
 
     @staticmethod
-    def _row(env: dict[str, Any]) -> list[QStandardItem]:
+    def _row(env: dict[str, Any], key: int) -> list[QStandardItem]:
         gap = bool(env.get("gap"))
         cells = [
             QStandardItem(format_clock(env.get("ts"), millis=True) if not gap else ""),
@@ -196,7 +205,7 @@ class ModderHooksPanel(QWidget):
             QStandardItem("gap" if gap else str(env.get("event", ""))),
             QStandardItem(envelope_summary(env)),
         ]
-        cells[0].setData(env, ENVELOPE_ROLE)
+        cells[0].setData(key, ENVELOPE_ROLE)
         cells[1].setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         if gap:
             for cell in cells:
@@ -206,13 +215,16 @@ class ModderHooksPanel(QWidget):
     def envelopes(self, *, visible_only: bool = False) -> list[dict[str, Any]]:
         """The envelopes in the list (optionally only those the filter shows), oldest first."""
         if visible_only:
-            return [
+            keys = [
                 self.proxy.index(r, 0).data(ENVELOPE_ROLE) for r in range(self.proxy.rowCount())
             ]
-        return [self.model.item(r, 0).data(ENVELOPE_ROLE) for r in range(self.model.rowCount())]
+        else:
+            keys = [self.model.item(r, 0).data(ENVELOPE_ROLE) for r in range(self.model.rowCount())]
+        return [self._store[k] for k in keys]
 
     def clear(self) -> None:
         self.model.removeRows(0, self.model.rowCount())
+        self._store.clear()
         self._paused.clear()
         self.detail.clear()
         self._update_count()
@@ -242,7 +254,8 @@ class ModderHooksPanel(QWidget):
         self._update_count()
 
     def _on_current(self, current: Any, _previous: Any) -> None:
-        env = current.siblingAtColumn(0).data(ENVELOPE_ROLE) if current.isValid() else None
+        key = current.siblingAtColumn(0).data(ENVELOPE_ROLE) if current.isValid() else None
+        env = self._store.get(key) if key is not None else None
         self.detail.setPlainText(json.dumps(env, indent=2, sort_keys=False) if env else "")
 
     def _set_status(self, state: str, message: str) -> None:

@@ -38,8 +38,8 @@ RANDOM_SEED = -1
 
 
 class ScenarioWorkspace(QWidget):
-    turn_shown = Signal(dict)  # the step answer just displayed
-    scenes_loaded = Signal(list)
+    turn_shown = Signal(object)  # the step answer just displayed
+    scenes_loaded = Signal(object)
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -50,6 +50,8 @@ class ScenarioWorkspace(QWidget):
         self._busy = False
         self._pending_scene: str | None = None
         self._choice_buttons: list[QPushButton] = []
+        # combo items carry only the scene id: dicts in Qt item data become QVariantMaps
+        self._summaries: dict[str, dict[str, Any]] = {}
         self.last_turn: dict[str, Any] | None = None
         self.loaded = False  # the scene list arrived (or failed): the screenshot waits on it
 
@@ -189,13 +191,14 @@ class ScenarioWorkspace(QWidget):
     def _on_scenes(self, body: dict[str, Any]) -> None:
         items = body.get("items") or []
         self.banner.hide()
-        current = self.scene_combo.currentData()
+        current = self.scene_combo.currentData() if self.scene_combo.count() else ""
         self.scene_combo.clear()
+        self._summaries = {str(s.get("id")): s for s in items}
         if not items:
-            self.scene_combo.addItem("(the server has no scenes: open a file)", None)
+            self.scene_combo.addItem("(the server has no scenes: open a file)", "")
         for summary in items:
             title = summary.get("title") or summary.get("id")
-            self.scene_combo.addItem(f"{title}  [{summary.get('id')}]", summary)
+            self.scene_combo.addItem(f"{title}  [{summary.get('id')}]", str(summary.get("id")))
         if current:
             index = self.scene_combo.findData(current)
             if index >= 0:
@@ -214,18 +217,23 @@ class ScenarioWorkspace(QWidget):
         wanted, self._pending_scene = self._pending_scene, None
         if not wanted:
             return
-        for i in range(self.scene_combo.count()):
-            summary = self.scene_combo.itemData(i)
-            if isinstance(summary, dict) and summary.get("id") == wanted:
-                self.scene_combo.setCurrentIndex(i)
-                self._fetch_scene(summary, start=True)
-                return
+        index = self.scene_combo.findData(wanted) if wanted in self._summaries else -1
+        if index >= 0:
+            self.scene_combo.setCurrentIndex(index)
+            self._fetch_scene(self._summaries[wanted], start=True)
+            return
         self._error(f"The server has no scene {wanted!r}")
 
     def _on_scene_picked(self, index: int) -> None:
-        summary = self.scene_combo.itemData(index)
-        if isinstance(summary, dict):
+        summary = self._summaries.get(str(self.scene_combo.itemData(index) or ""))
+        if summary is not None:
             self._fetch_scene(summary, start=False)
+
+    def current_summary(self) -> dict[str, Any] | None:
+        """The catalogue entry selected in the scene list."""
+        if self.scene_combo.count() == 0:
+            return None
+        return self._summaries.get(str(self.scene_combo.currentData() or ""))
 
     def _fetch_scene(self, summary: dict[str, Any], *, start: bool) -> None:
         api = self._api
@@ -279,6 +287,7 @@ class ScenarioWorkspace(QWidget):
     def _use_scene(self, scene: dict[str, Any], source: str, summary: dict[str, Any]) -> None:
         self._scene, self._scene_source, self._state = scene, source, None
         self.last_turn = None
+        self.start_button.setText("Start")
         self.pov_combo.clear()
         povs = [str(p) for p in summary.get("povs") or []]
         default = summary.get("default_pov")
@@ -288,7 +297,8 @@ class ScenarioWorkspace(QWidget):
             self.pov_combo.addItem(pov)
         if default:
             self.pov_combo.setCurrentText(str(default))
-        self.title_label.setText(f"{summary.get('title') or scene.get('id')}  ·  {source}")
+        self.title_label.setText(str(summary.get("title") or scene.get("id")))
+        self.title_label.setToolTip(source)
         self.node_label.setText("")
         self.speaker_label.setText("")
         self.text_label.setText("Press Start to play.")
@@ -345,7 +355,9 @@ class ScenarioWorkspace(QWidget):
         state = turn.get("state") or {}
         self.node_label.setText(
             f"node {node.get('id')} · {node.get('type', 'dialogue')} · POV {state.get('pov')}"
+            f" · {self._scene_source}"
         )
+        self.start_button.setText("Restart")
         self.speaker_label.setText(str(node.get("speaker") or ""))
         self.speaker_label.setVisible(bool(node.get("speaker")))
         self.text_label.setText(str(node.get("text") or ""))

@@ -97,7 +97,8 @@ class SystemOverview(QWidget):
         if not total:
             self.providers_value.setText("no providers registered")
             return
-        parts = [f"{dot_html(s)} {n} {STATUS_LABELS.get(s, s)}" for s, n in counts.items() if n]
+        order = ("green", "amber", "red", "gray")
+        parts = [f"{dot_html(s)} {counts[s]} {STATUS_LABELS[s]}" for s in order if counts.get(s)]
         self.providers_value.setText(f"{total} provider(s): " + "&nbsp;&nbsp;".join(parts))
 
     def refresh(self) -> None:

@@ -1,0 +1,115 @@
+"""Regenerate the Studio screenshots in this folder with the real ``comfyvn studio --screenshot``.
+
+    .venv/bin/python docs/images/make_screenshots.py
+
+It starts local fake providers (one of each colour), a real server (``--demo --dev``) in a
+temporary data dir, plays a few scenario steps so the hook stream has content, then runs the
+screenshot command for each picture. Nothing here is drawn by hand.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from tests.support import ServerProcess  # noqa: E402
+from tests.test_providers_fakes import GIB, FakeProviders, Reply, openai_limits  # noqa: E402
+
+OUT = ROOT / "docs" / "images"
+
+
+def register(client, fake: FakeProviders) -> None:
+    for entry in client.get("/api/providers").json()["providers"]:
+        client.delete(f"/api/providers/{entry['id']}")
+    fake.route("GET", "/cdn/healthz", Reply(503, "maintenance"))
+    bodies = [
+        {
+            "id": "local-comfyui",
+            "name": "Local ComfyUI",
+            "kind": "comfyui",
+            "base_url": fake.comfyui("/local", vram_free=17.3 * GIB, running=1, pending=2),
+        },
+        {
+            "id": "render-farm",
+            "name": "Render farm (ComfyUI)",
+            "kind": "comfyui",
+            "base_url": fake.comfyui(
+                "/farm", vram_total=48 * GIB, vram_free=9.1 * GIB, running=2, pending=14
+            ),
+        },
+        {
+            "id": "runpod",
+            "name": "RunPod account",
+            "kind": "runpod",
+            "base_url": fake.runpod("/runpod", balance=37.8, spend=0.69, limit=80),
+            "secrets": {"api_key": "rpa_docs_example_key_7Q2F"},
+        },
+        {
+            "id": "openai",
+            "name": "OpenAI-compatible",
+            "kind": "openai",
+            "base_url": fake.openai(
+                "/oa", headers=openai_limits((5000, 4870), (2_000_000, 1_953_400))
+            ),
+            "secrets": {"api_key": "sk-docs-example-key-x9Vb"},
+        },
+        {
+            "id": "asset-cdn",
+            "name": "Asset CDN",
+            "kind": "http",
+            "base_url": f"{fake.url}/cdn",
+            "config": {"health_path": "/healthz"},
+        },
+        {"id": "echo", "name": "Echo (built-in, disabled)", "kind": "echo", "enabled": False},
+    ]
+    for body in bodies:
+        response = client.post("/api/providers", json=body)
+        response.raise_for_status()
+
+
+def play(client) -> None:
+    scene = client.get("/api/scenario/scenes/lighthouse").json()["scene"]
+    turn = client.post("/api/scenario/run/step", json={"scene": scene, "seed": 7}).json()
+    for choice in ("open_door", "ask_boat"):
+        body = {"scene": scene, "state": turn["state"], "choice_id": choice}
+        turn = client.post("/api/scenario/run/step", json=body).json()
+
+
+def shoot(name: str, *args: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COMFYVN_")}
+    cmd = [sys.executable, "-m", "comfyvn", "studio", *args, "--screenshot", str(OUT / name)]
+    print("$", " ".join(cmd[1:]), flush=True)
+    subprocess.run(cmd, cwd=ROOT, env=env, check=True, timeout=120)
+
+
+def main() -> int:
+    fake = FakeProviders().start()
+    with tempfile.TemporaryDirectory(prefix="comfyvn-shots-") as tmp:
+        data_dir = Path(tmp) / "studio"
+        server = ServerProcess(data_dir, extra_args=["--demo", "--dev"]).start()
+        try:
+            with server.client() as client:
+                register(client, fake)
+                play(client)
+            common = ["--server", server.url, "--data-dir", str(data_dir)]
+            shoot("studio_system.png", *common, "--workspace", "system")
+            shoot(
+                "studio_scenario.png", *common, "--workspace", "scenario", "--scene", "lighthouse"
+            )
+        finally:
+            server.stop()
+        # A server that is not there: the picture shows what the Studio says about it.
+        dead = ["--server", "http://127.0.0.1:9", "--token", "unused", "--data-dir", tmp]
+        shoot("studio_offline.png", *dead, "--workspace", "system", "--wait", "10")
+    fake.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
