@@ -174,3 +174,44 @@ def test_installed_pyside_keeps_none_alive(qtbot) -> None:
         tree.currentItem()
         tree.parentWidget()
     assert abs(sys.getrefcount(None) - before) < 100
+
+
+def test_the_gui_never_imports_the_server_or_components() -> None:
+    """The Studio talks HTTP/WebSocket only: loading it pulls in no server-side module."""
+    code = (
+        "import sys, comfyvn.cli, comfyvn.gui.app, comfyvn.gui.main_window;"
+        "bad = ('comfyvn.server', 'comfyvn.scenario', 'comfyvn.assets', 'comfyvn.webhooks',"
+        " 'comfyvn.providers', 'fastapi', 'uvicorn');"
+        "print(sorted(m for m in sys.modules if m.startswith(bad)))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=studio_env(), capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_sigterm_closes_the_studio_and_stops_its_server(tmp_path: Path) -> None:
+    data_dir = tmp_path / "fresh"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "comfyvn", "studio", "--data-dir", str(data_dir)],
+        cwd=ROOT,
+        env=studio_env(COMFYVN_STUDIO_PROBE_TIMEOUT="0.5"),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        line = ""
+        for line in proc.stderr:
+            if "started a local server" in line:
+                break
+        pid = int(line.split("(pid ")[1].split(")")[0])
+        proc.terminate()
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    assert not (data_dir / SERVER_FILE).exists()

@@ -26,6 +26,7 @@ from .theme import apply_style
 __all__ = ["SETTINGS_FILE", "options_from_args", "run_studio", "studio_command"]
 
 SETTINGS_FILE = "studio.ini"  # per data dir: window geometry, dock layout per workspace
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 SETTLE_MS = 600  # after the window settled: let the last paints and stream frames land
 
 
@@ -113,8 +114,8 @@ def run_studio(options: StudioOptions) -> int:
         settings = QSettings(str(data_dir / SETTINGS_FILE), QSettings.Format.IniFormat)
     window = StudioWindow(options, settings)
     result = {"code": 0}
-    # Ctrl+C in the terminal closes the window cleanly (and stops a server we started).
-    signal.signal(signal.SIGINT, lambda *_: window.close())
+    # Ctrl+C or a SIGTERM closes the window cleanly (and stops a server we started).
+    previous = {sig: signal.signal(sig, lambda *_: window.close()) for sig in _STOP_SIGNALS}
     heartbeat = QTimer()
     heartbeat.timeout.connect(lambda: None)  # lets Python run its signal handlers
     heartbeat.start(250)
@@ -128,7 +129,8 @@ def run_studio(options: StudioOptions) -> int:
         heartbeat.stop()
         window.hooks_panel.shutdown()
         window.stop_local_servers()
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return result["code"]
 
 
