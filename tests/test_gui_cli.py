@@ -110,6 +110,7 @@ def _args(**kw: object) -> argparse.Namespace:
         ({"screenshot": "/no/such/folder/shot.png"}, "does not exist"),
         ({"screenshot": "tests/dir.png"}, "is a folder"),
         ({"wait": -1.0}, "--wait must be between"),
+        ({"wait": 0.0}, "--wait must be between"),
         ({"wait": 601.0}, "--wait must be between"),
         ({"server": "127.0.0.1:8001"}, "--server must be an http"),
         ({"workspace": "bogus"}, "unknown workspace"),

@@ -39,7 +39,8 @@ def options_from_args(args: argparse.Namespace) -> StudioOptions:
     workspace = getattr(args, "workspace", None)
     if workspace is not None and workspace not in WORKSPACES:
         raise UsageError(f"unknown workspace {workspace!r}; choose one of {', '.join(WORKSPACES)}")
-    wait = float(getattr(args, "wait", None) or 20.0)
+    raw_wait = getattr(args, "wait", None)
+    wait = 20.0 if raw_wait is None else float(raw_wait)
     if not 0 < wait <= 600:
         raise UsageError(f"--wait must be between 0 and 600 seconds, got {wait:g}")
     screenshot = Path(args.screenshot).expanduser() if getattr(args, "screenshot", None) else None
