@@ -81,3 +81,28 @@ def test_writes_failing_mid_run_give_503_and_lose_nothing_committed(data_dir: Pa
         assert ids[: len(acked)] == acked
     finally:
         server.stop()
+
+
+def test_asset_upload_that_cannot_be_written_is_a_503_and_leaves_nothing(data_dir: Path) -> None:
+    limit = 2 * 1024 * 1024
+    server = ServerProcess(data_dir, rlimits={resource.RLIMIT_FSIZE: (limit, limit)}).start()
+    try:
+        with server.client() as client:
+            big = client.post(
+                "/api/assets",
+                files={"file": ("big.bin", b"x" * (3 * 1024 * 1024))},
+                data={"type": "misc.blob"},
+            )
+            assert big.status_code == 503
+            assert "File too large" in big.json()["detail"]
+            small = client.post(
+                "/api/assets", files={"file": ("ok.bin", b"y" * 1000)}, data={"type": "misc.blob"}
+            )
+            assert small.status_code == 201  # the server keeps working
+            listing = client.get("/api/assets").json()
+        assert listing["total"] == 1
+        stored = [p for p in (data_dir / "assets").rglob("*") if p.is_file()]
+        assert all(p.stat().st_size < limit for p in stored)  # no partial big file left
+        assert not any("big" in p.name for p in stored)
+    finally:
+        server.stop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
@@ -81,6 +82,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         allowed_origins=settings.allowed_origins,
     )
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(OSError, _storage_error)
+    app.add_exception_handler(sqlite3.OperationalError, _storage_error)
 
     @app.get("/health", tags=["server"], summary="Liveness; needs no token")
     async def health(request: Request) -> dict[str, Any]:
@@ -125,6 +128,15 @@ def _start_plugin_host(services: Services, stack: AsyncExitStack) -> None:
 def _close_bus(bus: HookBus) -> None:
     modder_hooks.set_current_bus(None)
     bus.close()
+
+
+async def _storage_error(request: Request, exc: Exception) -> JSONResponse:
+    """A disk that is full, read-only or over a size limit is the server's state, not a bug in
+    the request: a 503 that names the problem, and the traceback in the log once."""
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    log.error("storage error on %s %s: %s", request.method, request.url.path, reason, exc_info=exc)
+    detail = f"the data dir could not be written ({reason}); nothing was changed"
+    return JSONResponse({"detail": detail}, status_code=503)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
