@@ -58,6 +58,8 @@ def test_runnable_example(
         "COMFYVN_DATA_DIR": str(docs_server.data_dir),
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }
+    # Examples call `.venv/bin/comfyvn` as a reader in the repo would; point that at this venv.
+    (tmp_path / ".venv").symlink_to(Path(sys.executable).parent.parent)
     if language == "sh":
         cmd = ["bash", "-euo", "pipefail", "-c", code]
     else:
