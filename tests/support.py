@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -138,3 +139,21 @@ def scene_enter_payload(node: str = "intro", **overrides: Any) -> dict[str, Any]
     }
     payload.update(overrides)
     return payload
+
+
+def emit_scene(server: ServerProcess, node: str) -> dict[str, Any]:
+    """A real ``on_scene_enter`` through ``POST /api/modder/hooks/test``; the ack once committed."""
+    with server.client() as client:
+        response = client.post(
+            "/api/modder/hooks/test",
+            json={"event": "on_scene_enter", "payload": scene_enter_payload(node)},
+        )
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)

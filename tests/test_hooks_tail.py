@@ -8,21 +8,11 @@ import subprocess
 import sys
 import threading
 
-from .support import ROOT, ServerProcess, scene_enter_payload
-
-
-def emit(server: ServerProcess, node: str) -> int:
-    with server.client() as client:
-        response = client.post(
-            "/api/modder/hooks/test",
-            json={"event": "on_scene_enter", "payload": scene_enter_payload(node)},
-        )
-    assert response.status_code == 200, response.text
-    return response.json()["seq"]
+from .support import ROOT, ServerProcess, emit_scene
 
 
 def test_tail_prints_envelopes_and_resumes_after_a_restart(server: ServerProcess) -> None:
-    before = emit(server, "before")  # history up to --since is not printed
+    before = emit_scene(server, "before")["seq"]  # history up to --since is not printed
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -51,14 +41,14 @@ def test_tail_prints_envelopes_and_resumes_after_a_restart(server: ServerProcess
     try:
         seqs = []
         # The tail may connect after this emit: --since makes it replay from there.
-        seqs.append(emit(server, "a"))
+        seqs.append(emit_scene(server, "a")["seq"])
         first = json.loads(lines.get(timeout=20))
-        seqs.append(emit(server, "b"))
+        seqs.append(emit_scene(server, "b")["seq"])
         second = json.loads(lines.get(timeout=20))
         server.restart()
         # Emitted right after the restart, likely before the tail has reconnected: it must
         # still get them, by resuming from the last seq it printed.
-        seqs += [emit(server, "c"), emit(server, "d")]
+        seqs += [emit_scene(server, "c")["seq"], emit_scene(server, "d")["seq"]]
         rest = [json.loads(lines.get(timeout=30)) for _ in range(2)]
         assert proc.wait(timeout=20) == 0
     finally:

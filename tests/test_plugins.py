@@ -5,29 +5,11 @@ from __future__ import annotations
 import json
 import textwrap
 import time
-from collections.abc import Callable
 from pathlib import Path
 
-from .support import ROOT, ServerProcess, scene_enter_payload
+from .support import ROOT, ServerProcess, emit_scene, wait_for
 
 EXAMPLE_ROOT = str(ROOT / "dev" / "modder_hooks")
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
-
-
-def emit_scene(server: ServerProcess, node: str) -> dict:
-    with server.client() as client:
-        response = client.post(
-            "/api/modder/hooks/test",
-            json={"event": "on_scene_enter", "payload": scene_enter_payload(node)},
-        )
-    assert response.status_code == 200, response.text
-    return response.json()
 
 
 def test_example_plugin_records_scene_entries_in_dev_mode(data_dir: Path) -> None:

@@ -8,17 +8,7 @@ from collections.abc import Iterator
 
 import httpx
 
-from .support import ServerProcess, scene_enter_payload
-
-
-def emit(server: ServerProcess, node: str) -> dict:
-    with server.client() as client:
-        response = client.post(
-            "/api/modder/hooks/test",
-            json={"event": "on_scene_enter", "payload": scene_enter_payload(node)},
-        )
-    assert response.status_code == 200, response.text
-    return response.json()
+from .support import ServerProcess, emit_scene
 
 
 def sse_events(lines: Iterator[str]) -> Iterator[dict]:
@@ -46,7 +36,7 @@ def test_sse_receives_a_test_event(server: ServerProcess) -> None:
         events = sse_events(response.iter_lines())
         hello = next(events)
         assert hello["event"] == "hello" and json.loads(hello["data"])["ok"] is True
-        threading.Thread(target=emit, args=(server, "cave")).start()
+        threading.Thread(target=emit_scene, args=(server, "cave")).start()
         message = next(events)
     envelope = json.loads(message["data"])
     assert message["id"] == str(envelope["seq"])
@@ -54,7 +44,7 @@ def test_sse_receives_a_test_event(server: ServerProcess) -> None:
 
 
 def test_sse_resumes_with_last_event_id(server: ServerProcess) -> None:
-    acks = [emit(server, f"n{i}") for i in range(5)]
+    acks = [emit_scene(server, f"n{i}") for i in range(5)]
     headers = {**server.headers, "Last-Event-ID": str(acks[1]["seq"])}
     url = f"{server.url}/api/modder/hooks/subscribe"
     with httpx.stream("GET", url, headers=headers, timeout=15) as response:
