@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field, ValidationError
 from comfyvn.core.hook_bus import Gap, UnknownHookError, envelope_json
 from comfyvn.core.hook_specs import HOOK_SPECS
 
+from ..bodies import parse_json_body, validation_detail
 from ..services import Services, commit_or_503, get_services
 
 router = APIRouter(prefix="/api/modder/hooks", tags=["modder hooks"])
@@ -96,45 +97,22 @@ async def history(
 )
 async def test_emit(request: Request) -> TestEmitResponse:
     services = get_services(request)
-    body = await _read_limited(request, MAX_TEST_PAYLOAD_BYTES)
-    try:
-        req = TestEmitRequest.model_validate_json(body)
-    except ValidationError as exc:
-        raise HTTPException(422, _errors(exc)) from None
+    req = await parse_json_body(
+        request,
+        TestEmitRequest,
+        limit=MAX_TEST_PAYLOAD_BYTES,
+        empty="request body is empty; send JSON {event, payload}",
+    )
     spec = HOOK_SPECS.get(req.event)
     if spec is None:
         raise HTTPException(400, str(UnknownHookError(req.event)))
     try:
         payload = spec.payload_model.model_validate(req.payload).model_dump(mode="json")
     except ValidationError as exc:
-        raise HTTPException(422, _errors(exc, prefix=("payload",))) from None
+        raise HTTPException(422, validation_detail(exc, prefix=("payload",))) from None
     emitted = services.bus.emit(req.event, payload)
     await commit_or_503(services.bus, emitted.seq)
     return TestEmitResponse(event=req.event, seq=emitted.seq, id=emitted.id)
-
-
-async def _read_limited(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise HTTPException(413, f"request body is {declared} bytes; the limit is {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise HTTPException(413, f"request body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
-    body = b"".join(chunks)
-    if not body:
-        raise HTTPException(422, "request body is empty; send JSON {event, payload}")
-    return body
-
-
-def _errors(exc: ValidationError, prefix: tuple[str | int, ...] = ()) -> list[dict[str, Any]]:
-    return [
-        {"loc": [*prefix, *err["loc"]], "msg": err["msg"], "type": err["type"]}
-        for err in exc.errors(include_url=False, include_context=False, include_input=False)
-    ]
 
 
 # -- WebSocket ---------------------------------------------------------------------------------
