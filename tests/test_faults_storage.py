@@ -106,3 +106,18 @@ def test_asset_upload_that_cannot_be_written_is_a_503_and_leaves_nothing(data_di
         assert not any("big" in p.name for p in stored)
     finally:
         server.stop()
+
+
+def test_a_damaged_event_log_stops_start_up_with_a_clear_error(data_dir: Path) -> None:
+    (data_dir / "events.sqlite3").write_bytes(b"\x00garbage, not a database" * 2000)
+    result = subprocess.run(
+        [sys.executable, "-m", "comfyvn", "serve", "--port", "0", "--data-dir", str(data_dir)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2  # exits once, with the reason: no crash loop, no traceback
+    assert "events.sqlite3 cannot be opened" in result.stderr
+    assert "move it" in result.stderr and "Traceback" not in result.stderr
+    assert (data_dir / "events.sqlite3").read_bytes().startswith(b"\x00garbage")  # untouched

@@ -16,7 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-__all__ = ["EventLog", "LogRow", "RetentionPolicy", "SQLiteEventLog", "TxnHook"]
+__all__ = ["EventLog", "EventLogError", "LogRow", "RetentionPolicy", "SQLiteEventLog", "TxnHook"]
+
+
+class EventLogError(OSError):
+    """The event log file cannot be opened; the message names the file and what to do."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,8 +89,14 @@ class SQLiteEventLog:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._synchronous = synchronous
-        self._writer = connect(self.path, synchronous=synchronous)
-        self._writer.executescript(_SCHEMA)
+        try:
+            self._writer = connect(self.path, synchronous=synchronous)
+            self._writer.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise EventLogError(
+                f"event log {self.path} cannot be opened ({exc}); if the file is damaged, move "
+                "it (and its -wal/-shm files) aside to start with an empty history"
+            ) from None
         self._write_lock = threading.Lock()
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []

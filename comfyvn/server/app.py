@@ -47,6 +47,7 @@ ROUTERS = [
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     prepare_data_dir(settings.data_dir)
+    SQLiteEventLog(settings.events_db).close()  # a damaged log stops start-up with a clear error
     token = ensure_token(settings)
 
     @asynccontextmanager

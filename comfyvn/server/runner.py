@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import uvicorn
 
+from comfyvn.core.event_log import EventLogError
 from comfyvn.core.settings import DataDirError, Settings
 
 from .app import create_app
@@ -63,7 +64,7 @@ def serve(settings: Settings, *, log_level: str = "INFO") -> int:
     configure_logging(log_level)
     try:
         app = create_app(settings)
-    except DataDirError as exc:
+    except (DataDirError, EventLogError) as exc:
         print(f"comfyvn serve: {exc}", file=sys.stderr)
         return 2
     config = uvicorn.Config(
