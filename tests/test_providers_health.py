@@ -4,6 +4,7 @@ hanging provider bounded by the timeout, and concurrency."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import itertools
 import time
 from collections.abc import Iterator
@@ -460,3 +461,31 @@ def test_health_unknown_ids_are_404(api: httpx.Client) -> None:
     assert "'missing-one'" in response.json()["detail"]
     assert api.get("/api/providers/status", params={"id": "missing"}).status_code == 404
     assert api.get("/api/providers/health", params={"id": ","}).status_code == 422
+
+
+def test_a_check_finishing_after_delete_or_change_is_not_kept(
+    api: httpx.Client, srv: ServerProcess, fake: FakeProviders
+) -> None:
+    """A check still in flight when its provider is removed (or reconfigured) must not leave
+    its result behind: a new provider with the same id starts as "never checked", not with a
+    stale red from an address it no longer has."""
+    fake.route("GET", "/hang-then-gone/", Reply(hang=True))
+    changed = add(api, "http", fake.url + "/hang-then-gone")
+    removed = add(api, "http", fake.url + "/hang-then-gone")
+    with concurrent.futures.ThreadPoolExecutor(1) as pool, srv.client() as other:
+        pending = pool.submit(
+            other.get, "/api/providers/health", params={"id": f"{changed},{removed}"}
+        )
+        deadline = time.monotonic() + 10
+        while len(fake.requests_to("/hang-then-gone")) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)  # both checks are in flight
+        assert api.delete(f"/api/providers/{removed}").status_code == 200
+        assert api.put(f"/api/providers/{changed}", json={"kind": "echo"}).status_code == 200
+        response = pending.result(timeout=TIMEOUT_S * 10)
+    # The caller still gets what it asked for...
+    assert [r["status"] for r in response.json()["results"]] == ["red", "red"]
+    add(api, "echo", id=removed)
+    # ...but the registry's last results describe the providers as they are now.
+    body = api.get("/api/providers/status", params={"id": f"{changed},{removed}"}).json()
+    assert [r["reason_code"] for r in body["results"]] == ["never_checked", "never_checked"]
+    assert body["history"] == {changed: [], removed: []}

@@ -74,8 +74,10 @@ class HealthService:
         """Run one check per provider concurrently; results in the order given."""
         scrubber = self.registry.scrubber()
         checks = list(await asyncio.gather(*(self._check_one(s, scrubber) for s in specs)))
-        for check in checks:
-            self._record(check.result)
+        for spec, check in zip(specs, checks, strict=True):
+            # A provider removed or changed while its check ran gets no stale "last result".
+            if self.registry.is_current(spec):
+                self._record(check.result)
         if checks:
             await self._persist()
             counts: dict[str, int] = {}

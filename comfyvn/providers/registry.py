@@ -146,6 +146,10 @@ class ProviderRegistry:
     def list(self) -> list[ProviderSpec]:
         return list(self._providers.values())
 
+    def is_current(self, spec: ProviderSpec) -> bool:
+        """True while ``spec`` is still the stored version (not removed, not changed since)."""
+        return self._providers.get(spec.id) is spec
+
     def scrubber(self) -> Scrubber:
         return Scrubber(self.secrets.all_values())
 
