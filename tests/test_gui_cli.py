@@ -16,7 +16,7 @@ from PySide6.QtGui import QImage
 from comfyvn.client.api import Connection
 from comfyvn.gui.app import UsageError, options_from_args
 from comfyvn.gui.formatting import format_quota, masked_config_lines
-from comfyvn.gui.launcher import SERVER_FILE, discover, probe, write_server_file
+from comfyvn.gui.launcher import SERVER_FILE, LaunchError, discover, probe, write_server_file
 from comfyvn.gui.options import StudioOptions, Timeouts
 
 from .support import ROOT, ServerProcess
@@ -216,3 +216,16 @@ def test_sigterm_closes_the_studio_and_stops_its_server(tmp_path: Path) -> None:
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
     assert not (data_dir / SERVER_FILE).exists()
+
+
+def test_a_server_stopped_while_discovery_runs_is_never_started(tmp_path: Path) -> None:
+    """The window closed (``stop_local_servers``) after discovery registered a server but
+    before it spawned it: discovery must give up instead of leaving an orphan server."""
+    data_dir = tmp_path / "closing"
+    with pytest.raises(LaunchError, match="closing"):
+        discover(
+            StudioOptions(data_dir=data_dir, timeouts=Timeouts(probe_s=0.5)),
+            register=lambda local: local.stop(),  # the Studio closes right now
+        )
+    assert not (data_dir / SERVER_FILE).exists()
+    assert not (data_dir / "api_token").exists()  # no server ever ran for this data dir

@@ -63,13 +63,19 @@ def probe(conn: Connection, timeout: float) -> str | None:
 
 @dataclass
 class LocalServer:
-    """A ``comfyvn serve`` subprocess owned by the Studio."""
+    """A ``comfyvn serve`` subprocess owned by the Studio.
+
+    ``stop()`` may run on the GUI thread while ``start()`` is still on the discovery thread (the
+    window closed during start-up); the lock and ``_stopped`` make sure a stopped server is
+    never spawned afterwards, nor advertised in ``server.json``."""
 
     data_dir: Path
     proc: subprocess.Popen[str] | None = None
     url: str = ""
     output: list[str] = field(default_factory=list)
     _reader: threading.Thread | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _stopped: bool = False
 
     def start(self, timeout: float) -> str:
         cmd = [
@@ -84,19 +90,23 @@ class LocalServer:
         ]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         env.pop("COMFYVN_PORT", None)
-        self.proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=env,
-        )
+        with self._lock:
+            if self._stopped:
+                raise LaunchError("the Studio is closing; not starting a server")
+            self.proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                env=env,
+            )
+        proc = self.proc
         ready = threading.Event()
 
         def read() -> None:
-            assert self.proc is not None and self.proc.stdout is not None
-            for line in self.proc.stdout:
+            assert proc.stdout is not None
+            for line in proc.stdout:
                 if len(self.output) < 500:
                     self.output.append(line)
                 if READY_MARK in line and not self.url:
@@ -106,23 +116,29 @@ class LocalServer:
 
         self._reader = threading.Thread(target=read, name="comfyvn-local-server", daemon=True)
         self._reader.start()
-        if not ready.wait(timeout) or not self.url:
-            tail = "".join(self.output[-8:]).strip()
-            self.stop()
-            why = f"it printed no ready line within {timeout:g} s"
-            raise LaunchError(
-                f"could not start 'comfyvn serve' for {self.data_dir}: {why}"
-                + (f"\n{tail}" if tail else "")
-            )
-        write_server_file(self.data_dir, self.url, self.proc.pid)
-        return self.url
+        started = ready.wait(timeout) and bool(self.url)
+        with self._lock:
+            if self._stopped:  # the Studio closed while its server was starting
+                raise LaunchError("the Studio is closing; its server was stopped")
+            if started:
+                write_server_file(self.data_dir, self.url, proc.pid)
+                return self.url
+        tail = "".join(self.output[-8:]).strip()
+        self.stop()
+        why = f"it printed no ready line within {timeout:g} s"
+        raise LaunchError(
+            f"could not start 'comfyvn serve' for {self.data_dir}: {why}"
+            + (f"\n{tail}" if tail else "")
+        )
 
     @property
     def pid(self) -> int | None:
         return self.proc.pid if self.proc else None
 
     def stop(self, timeout: float = 15.0) -> None:
-        proc, self.proc = self.proc, None
+        with self._lock:
+            self._stopped = True
+            proc, self.proc = self.proc, None
         if proc is None:
             return
         if proc.poll() is None:
