@@ -98,6 +98,11 @@ def test_rows_and_colours_match_the_api(qtbot, window, api: httpx.Client) -> Non
     assert items["echo-off"].text(0) == "Disabled"
     summary = panel.summary_label.text()
     assert "2 OK" in summary and "1 Degraded" in summary and "1 Down" in summary
+    # Every enabled provider was just checked: the disabled one is counted as such, in the
+    # panel and on the System page, never as "Not checked".
+    card = window.system.providers_value.text()
+    for text in (summary, card):
+        assert "1 Disabled" in text and "Not checked" not in text, text
 
 
 def test_quota_fields_for_providers_that_have_them(qtbot, window) -> None:

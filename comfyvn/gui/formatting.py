@@ -8,6 +8,7 @@ from typing import Any
 
 __all__ = [
     "STATUS_LABELS",
+    "SUMMARY_LABELS",
     "envelope_summary",
     "format_clock",
     "format_latency",
@@ -18,6 +19,9 @@ __all__ = [
 ]
 
 STATUS_LABELS = {"green": "OK", "amber": "Degraded", "red": "Down", "gray": "Not checked"}
+# Summary buckets: gray splits into "disabled" (on purpose) and "gray" (enabled, never checked),
+# so a summary right after a check never calls a disabled provider "not checked".
+SUMMARY_LABELS = {**STATUS_LABELS, "disabled": "Disabled"}
 GIB = 1024**3
 
 

@@ -8,7 +8,9 @@ from PySide6.QtCore import QRectF, Qt
 from PySide6.QtGui import QColor, QFont, QFontDatabase, QIcon, QPainter, QPixmap
 from PySide6.QtWidgets import QApplication
 
-__all__ = ["STATUS_COLORS", "apply_style", "dot_html", "mono_font", "status_icon"]
+from .formatting import SUMMARY_LABELS
+
+__all__ = ["STATUS_COLORS", "apply_style", "dot_html", "mono_font", "status_chips", "status_icon"]
 
 STATUS_COLORS = {
     "green": "#2e9d4f",
@@ -67,6 +69,15 @@ def status_icon(status: str, size: int = 14) -> QIcon:
 
 def dot_html(status: str) -> str:
     return f'<span style="color:{STATUS_COLORS.get(status, STATUS_COLORS["gray"])}">●</span>'
+
+
+def status_chips(counts: dict[str, int]) -> str:
+    """``● 3 OK  ● 1 Down …`` for the panel and the System page, in one place so they agree."""
+    return "&nbsp;&nbsp;".join(
+        f"{dot_html(bucket)} {counts[bucket]} {label}"
+        for bucket, label in SUMMARY_LABELS.items()
+        if counts.get(bucket)
+    )
 
 
 def mono_font() -> QFont:

@@ -30,6 +30,7 @@ from PySide6.QtWidgets import (
 from ..api import StudioApi, describe_failure
 from ..formatting import (
     STATUS_LABELS,
+    SUMMARY_LABELS,
     format_clock,
     format_latency,
     format_quota,
@@ -37,7 +38,7 @@ from ..formatting import (
     quota_lines,
 )
 from ..options import DEFAULT_REFRESH_S
-from ..theme import STATUS_COLORS, dot_html, mono_font, status_icon
+from ..theme import STATUS_COLORS, mono_font, status_chips, status_icon
 from ..workers import run_async
 
 __all__ = ["COLUMNS", "STATUS_ROLE", "DebugIntegrationsPanel", "ProviderRow"]
@@ -65,10 +66,17 @@ class ProviderRow:
             return "gray"
         return str(self.result.get("status") or "gray")
 
+    @property
+    def bucket(self) -> str:
+        """Its summary bucket: the status, with disabled providers counted apart."""
+        if not self.provider.get("enabled", True):
+            return "disabled"
+        return self.status if self.status in SUMMARY_LABELS else "gray"
+
 
 class DebugIntegrationsPanel(QWidget):
     refreshed = Signal(bool)  # after each fresh check: True with results, False on failure
-    summary_changed = Signal(object)  # {"green": n, "amber": n, "red": n, "gray": n}
+    summary_changed = Signal(object)  # counts per SUMMARY_LABELS bucket (status, or disabled)
 
     def __init__(self, parent: QWidget | None = None, settings: QSettings | None = None) -> None:
         super().__init__(parent)
@@ -297,12 +305,12 @@ class DebugIntegrationsPanel(QWidget):
         current_id = current.data(0, ID_ROLE) if current is not None else None
         scroll = self.tree.verticalScrollBar().value()
         self.tree.clear()
-        counts = {"green": 0, "amber": 0, "red": 0, "gray": 0}
+        counts = dict.fromkeys(SUMMARY_LABELS, 0)
         for row in self._rows:
             item = self._build_item(row)
             self.tree.addTopLevelItem(item)
             self._add_children(item, row)
-            counts[row.status if row.status in counts else "gray"] += 1
+            counts[row.bucket] += 1
             if row.id in expanded:
                 item.setExpanded(True)
             if row.id == current_id:
@@ -322,10 +330,7 @@ class DebugIntegrationsPanel(QWidget):
             placeholder.setForeground(0, QBrush(QColor("#555b63")))
             self.tree.addTopLevelItem(placeholder)
             placeholder.setFirstColumnSpanned(True)  # only takes once the item is in the tree
-        chips = "&nbsp;&nbsp;".join(
-            f"{dot_html(s)} {counts[s]} {STATUS_LABELS[s]}" for s in counts if counts[s]
-        )
-        self.summary_label.setText(chips)
+        self.summary_label.setText(status_chips(counts))
         if self._rows or self.refresh_count:  # known, not merely "nothing loaded yet"
             self.summary_changed.emit(counts)
 

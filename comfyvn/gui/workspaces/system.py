@@ -13,8 +13,7 @@ from PySide6.QtGui import QHideEvent, QShowEvent
 from PySide6.QtWidgets import QFrame, QGridLayout, QLabel, QVBoxLayout, QWidget
 
 from ..api import StudioApi, describe_failure
-from ..formatting import STATUS_LABELS
-from ..theme import dot_html
+from ..theme import dot_html, status_chips
 from ..workers import run_async
 
 __all__ = ["SystemOverview"]
@@ -97,9 +96,7 @@ class SystemOverview(QWidget):
         if not total:
             self.providers_value.setText("no providers registered")
             return
-        order = ("green", "amber", "red", "gray")
-        parts = [f"{dot_html(s)} {counts[s]} {STATUS_LABELS[s]}" for s in order if counts.get(s)]
-        self.providers_value.setText(f"{total} provider(s): " + "&nbsp;&nbsp;".join(parts))
+        self.providers_value.setText(f"{total} provider(s): {status_chips(counts)}")
 
     def refresh(self) -> None:
         api = self._api
