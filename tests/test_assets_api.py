@@ -448,3 +448,29 @@ def test_demo_assets_load_once_and_survive_restart(data_dir: Path) -> None:
             assert latest["next_since"] == seq  # restarting adds no demo events
     finally:
         server.stop()
+
+
+def test_path_held_by_another_asset_and_symlinked_bucket_are_4xx(
+    srv: ServerProcess, client: httpx.Client
+) -> None:
+    first = upload(client, b"content one", asset_type="held.one").json()["asset"]
+    (root(srv) / first["path"]).unlink()  # its file went missing
+    held = root(srv) / "held" / "b.bin"
+    held.write_bytes(b"content two")
+    other = client.post("/api/assets", json={"path": "held/b.bin", "type": "held.one"})
+    assert other.status_code == 201
+    held.write_bytes(b"content one")
+    sidecar = (root(srv) / other.json()["asset"]["sidecar"]).read_text()
+    before = snapshot(srv, client)
+    again = client.post("/api/assets", json={"path": "held/b.bin", "type": "held.one"})
+    assert again.status_code == 409, again.text  # was an IntegrityError: a 500
+    assert other.json()["asset"]["uid"] in again.json()["detail"]
+    assert (root(srv) / other.json()["asset"]["sidecar"]).read_text() == sidecar
+
+    outside = srv.data_dir.parent / "bucket-outside"
+    outside.mkdir(exist_ok=True)
+    (root(srv) / "linked").symlink_to(outside)
+    escaped = upload(client, b"escape attempt", asset_type="linked.bucket")
+    assert escaped.status_code == 400 and "outside the assets root" in escaped.json()["detail"]
+    assert list(outside.iterdir()) == []
+    assert snapshot(srv, client) == before

@@ -407,3 +407,134 @@ def test_written_files_are_not_world_writable(env: Env) -> None:
     rec = env.registry.register_bytes(b"mode", "t").record
     for rel in (rec.path, rec.sidecar):
         assert os.stat(env.root / rel).st_mode & 0o777 == 0o644
+
+
+# -- nothing leaves the root, and a failed write leaves sidecar and row in agreement -------------
+def test_in_place_resave_at_a_path_held_by_another_asset_conflicts(env: Env) -> None:
+    first = env.registry.register_bytes(b"AAAA", "t", filename="a.png").record
+    (env.root / first.path).unlink()  # its file went missing
+    held = env.root / "t" / "b.png"
+    held.write_bytes(b"BBBB")
+    other = env.registry.register_file("t/b.png", "t", copy=False).record
+    held.write_bytes(b"AAAA")  # now the first asset's content, at a path the other one holds
+    sidecar_before = (env.root / other.sidecar).read_text()
+    env.new_events()
+    with pytest.raises(AssetConflict, match=f"already registered as asset {other.uid}"):
+        env.registry.register_file("t/b.png", "t", copy=False)
+    assert (env.root / other.sidecar).read_text() == sidecar_before  # not clobbered
+    assert env.registry.get(first.uid).path == first.path
+    assert env.new_events() == []
+
+
+def test_a_bucket_folder_symlinked_out_of_the_root_is_never_written(
+    env: Env, tmp_path: Path
+) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (env.root / "evil").symlink_to(outside)
+    with pytest.raises(AssetPathError, match="outside the assets root"):
+        env.registry.register_bytes(b"escape", "evil.bucket", filename="x.png")
+    with pytest.raises(AssetPathError, match="outside the assets root"):
+        env.registry.register_bytes(b"escape", "evil", filename="x.png")
+    assert list(outside.iterdir()) == [] and env.registry.count() == 0
+    assert env.new_events() == []
+
+
+def test_an_asset_folder_swapped_for_a_symlink_is_not_followed(env: Env, tmp_path: Path) -> None:
+    rec = env.registry.register_bytes(b"victim", "pics", filename="v.png").record
+    env.new_events()
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    decoy = {rec.path.split("/", 1)[1]: b"not ours", rec.sidecar.split("/", 1)[1]: b"{}"}
+    for name, data in decoy.items():
+        (outside / name).write_bytes(data)
+    (env.root / "pics").rename(tmp_path / "moved")
+    (env.root / "pics").symlink_to(outside)
+    with pytest.raises(AssetPathError, match="outside the assets root"):
+        env.registry.update_meta(rec.uid, {"x": 1})
+    with pytest.raises(AssetPathError, match="outside the assets root"):
+        env.registry.remove(rec.uid, delete_files=True)
+    assert {p.name: p.read_bytes() for p in outside.iterdir()} == decoy
+    assert env.registry.get(rec.uid).meta == {} and env.new_events() == []
+
+
+def _failing(exc: BaseException) -> Any:
+    def fail(*args: Any, **kwargs: Any) -> None:
+        raise exc
+
+    return fail
+
+
+def test_a_row_that_cannot_be_written_keeps_the_old_sidecar(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sqlite3
+
+    rec = env.registry.register_bytes(b"meta", "t", {"v": 1}).record
+    sidecar = env.root / rec.sidecar
+    before = sidecar.read_text()
+    env.new_events()
+    monkeypatch.setattr(env.registry._store, "upsert", _failing(sqlite3.OperationalError("full")))
+    with pytest.raises(sqlite3.OperationalError):
+        env.registry.update_meta(rec.uid, {"v": 2})
+    assert sidecar.read_text() == before
+    with pytest.raises(sqlite3.OperationalError):
+        env.registry.register_bytes(b"meta", "t", {"v": 3})  # a resave
+    assert sidecar.read_text() == before
+    assert env.registry.get(rec.uid).meta == {"v": 1} and env.new_events() == []
+    assert list((env.root / ".staging").iterdir()) == []
+
+
+def test_remove_that_cannot_finish_changes_nothing(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sqlite3
+
+    rec = env.registry.register_bytes(b"stay", "t").record
+    env.new_events()
+    before = env.files()
+    real_replace = os.replace
+
+    def replace(src: Any, dst: Any) -> None:
+        if str(src).endswith(".asset.json"):
+            raise PermissionError(13, "Permission denied")
+        real_replace(src, dst)
+
+    def unlink(path: Any, *args: Any, **kwargs: Any) -> None:
+        if str(path).endswith(".asset.json"):
+            raise PermissionError(13, "Permission denied")
+        real_unlink(path, *args, **kwargs)
+
+    real_unlink = os.unlink
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(os, "unlink", unlink)
+    with pytest.raises(PermissionError):
+        env.registry.remove(rec.uid, delete_files=True)
+    monkeypatch.undo()
+    assert env.files() == before and env.registry.find(rec.uid) is not None
+
+    monkeypatch.setattr(env.registry._store, "delete", _failing(sqlite3.OperationalError("ro")))
+    with pytest.raises(sqlite3.OperationalError):
+        env.registry.remove(rec.uid, delete_files=True)
+    assert env.files() == before and env.registry.find(rec.uid) is not None
+    assert env.new_events() == []
+    monkeypatch.undo()
+    env.registry.remove(rec.uid, delete_files=True)
+    assert env.files() == set() and not any(env.root.rglob(".*removing*"))
+
+
+def test_an_unreadable_file_under_the_root_is_a_path_error(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (env.root / "locked.bin").write_bytes(b"locked")
+    real_open = os.open
+
+    def deny(path: Any, *args: Any, **kwargs: Any) -> int:
+        if str(path).endswith("locked.bin"):
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", deny)  # as root, chmod 000 would not stop the read
+    with pytest.raises(AssetPathError, match=r"cannot read 'locked\.bin': Permission denied"):
+        env.registry.register_file("locked.bin", "t", copy=False)
+    assert env.registry.count() == 0

@@ -10,14 +10,17 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
+import secrets
 import shutil
 import tempfile
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from .errors import AssetEmpty, AssetTooLarge
+from .errors import AssetEmpty, AssetPathError, AssetTooLarge
 
 __all__ = [
     "StagedFile",
@@ -26,7 +29,10 @@ __all__ = [
     "clear_staging",
     "hash_file",
     "install",
+    "removing",
 ]
+
+log = logging.getLogger("comfyvn.assets")
 
 FILE_MODE = 0o644
 CHUNK = 1024 * 1024
@@ -115,7 +121,11 @@ def hash_file(path: Path, max_bytes: int) -> tuple[str, int, bytes]:
     size = 0
     head = b""
     flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
-    with os.fdopen(os.open(path, flags), "rb") as fh:
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:  # the user's file, not the data dir: a 400 that says why
+        raise AssetPathError(f"cannot read {path.name!r}: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "rb") as fh:
         while chunk := fh.read(CHUNK):
             size += len(chunk)
             if size > max_bytes:
@@ -151,6 +161,38 @@ def atomic_write_json(path: Path, obj: Any, *, fsync: bool = False) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(name)
         raise
+
+
+@contextlib.contextmanager
+def removing(paths: Iterable[Path]) -> Iterator[None]:
+    """Delete the files at ``paths`` only if the block succeeds.
+
+    Each file is first renamed to a hidden name in its own folder (atomic, same filesystem);
+    if a rename or the block fails, every renamed file is put back, so a refused removal leaves
+    the disk as it was. Missing paths and folders are skipped: they are not asset files.
+    """
+    moved: list[tuple[Path, Path]] = []
+    try:
+        for path in paths:
+            if path.is_dir() and not path.is_symlink():
+                continue
+            hidden = path.with_name(f".{path.name}.{secrets.token_hex(4)}.removing")
+            try:
+                os.replace(path, hidden)
+            except FileNotFoundError:
+                continue
+            moved.append((path, hidden))
+        yield
+    except BaseException:
+        for path, hidden in reversed(moved):
+            with contextlib.suppress(OSError):
+                os.replace(hidden, path)
+        raise
+    for _, hidden in moved:
+        try:
+            os.unlink(hidden)
+        except OSError as exc:  # the change is committed; a hidden leftover harms nothing
+            log.warning("could not delete %s: %s", hidden, exc.strerror or exc)
 
 
 def clear_staging(staging_dir: Path) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 from pathlib import Path, PurePosixPath
 
@@ -11,6 +12,7 @@ __all__ = [
     "SIDECAR_SUFFIX",
     "STAGING_DIR",
     "bucket_dir",
+    "checked_target",
     "relative",
     "resolve_inside",
     "safe_filename",
@@ -119,3 +121,28 @@ def resolve_inside(root: Path, raw: str | Path) -> Path:
     if not real.is_file():
         raise AssetPathError(f"path {text!r} is not a regular file")
     return real
+
+
+def checked_target(root: Path, rel: str | Path, *, create: bool) -> Path:
+    """``root / rel``, about to be written or deleted, once every folder on the way is known to
+    be a real folder under ``root``.
+
+    A bucket or asset folder that is (or was swapped for) a symlink leading out of the root is
+    refused, so no write or delete ever lands outside it. With ``create``, missing folders are
+    made one level at a time after their parent passed the check, so nothing is created outside
+    the root either.
+    """
+    target = root / rel
+    current = root
+    for part in target.parent.relative_to(root).parts:
+        current = current / part
+        if create:
+            with contextlib.suppress(FileExistsError):
+                current.mkdir()
+        real = current.resolve()
+        shown = relative(root, current)
+        if not real.is_relative_to(root):
+            raise AssetPathError(f"folder {shown!r} resolves outside the assets root (symlink)")
+        if create and not real.is_dir():
+            raise AssetPathError(f"{shown!r} under the assets root is a file, not a folder")
+    return target

@@ -38,11 +38,13 @@ from .files import (
     clear_staging,
     hash_file,
     install,
+    removing,
     stage_stream,
 )
 from .paths import (
     STAGING_DIR,
     bucket_dir,
+    checked_target,
     relative,
     resolve_inside,
     safe_filename,
@@ -224,37 +226,56 @@ class AssetRegistry:
                     name = safe_filename(content.filename, uid, content.head)
                     target = bucket_dir(self.root, asset_type) / name
                 rel = relative(self.root, target)
-                holder = self._store.get_by_path(rel)
-                if holder is not None:
-                    raise AssetConflict(
-                        f"{rel!r} is already registered as asset {holder.uid} with different "
-                        "content (the file changed since); remove that asset first"
-                    )
+                self._check_path_free(rel, uid)
                 now = time.time()
                 record = AssetRecord(
                     uid, content.sha256, asset_type, rel, content.size, meta, now, now
                 )
-                self._write_new(record, content, target)
+                self._write_new(record, content)
                 events = self._emit_asset(record, now, resaved=False, registered=True)
                 return Change(record, created=True, events=events)
         finally:
             if content.staged is not None:
                 content.staged.discard()  # a no-op once the file was moved into place
 
-    def _write_new(self, record: AssetRecord, content: _Content, target: Path) -> None:
-        installed = False
-        sidecar = sidecar_for(target)
+    def _check_path_free(self, rel: str, uid: str) -> None:
+        holder = self._store.get_by_path(rel)
+        if holder is not None and holder.uid != uid:
+            raise AssetConflict(
+                f"{rel!r} is already registered as asset {holder.uid} with different "
+                "content (the file changed since); remove that asset first"
+            )
+
+    def _target(self, rel: str, *, create: bool) -> Path:
+        return checked_target(self.root, rel, create=create)
+
+    def _write_new(self, record: AssetRecord, content: _Content) -> None:
+        if content.staged is None:  # registered in place: the file is already there
+            self._save(record, None)
+            return
+        target = self._target(record.path, create=True)
+        install(content.staged, target)
         try:
-            if content.staged is not None:
-                install(content.staged, target)
-                installed = True
-            atomic_write_json(sidecar, record.sidecar_dict(), fsync=self.config.fsync)
-            self._store.upsert(record, insert=True)
+            self._save(record, None)
         except BaseException:
             # Not a crash (those are covered by atomic writes): undo what this call created.
-            if installed:
-                target.unlink(missing_ok=True)
-            sidecar.unlink(missing_ok=True)
+            target.unlink(missing_ok=True)
+            raise
+
+    def _save(self, record: AssetRecord, previous: AssetRecord | None) -> None:
+        """Write the sidecar, then the row. When the row cannot be written the old sidecar is
+        put back (or the new one removed), so the two never disagree and a refused call
+        changes nothing, as the 503 for a storage error promises."""
+        sidecar = sidecar_for(self._target(record.path, create=True))
+        atomic_write_json(sidecar, record.sidecar_dict(), fsync=self.config.fsync)
+        try:
+            self._store.upsert(record, insert=previous is None)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                if previous is not None and previous.path == record.path:
+                    atomic_write_json(sidecar, previous.sidecar_dict(), fsync=self.config.fsync)
+                else:
+                    sidecar.unlink(missing_ok=True)
             raise
 
     def _resave(
@@ -270,18 +291,15 @@ class AssetRegistry:
             merge_patch(existing.meta, meta), self.config.max_meta_bytes, what="merged meta"
         )
         path = existing.path
-        stored = self.root / path
-        if not stored.is_file():  # the file went missing: this registration restores it
+        if not (self.root / path).is_file():  # the file went missing: this one restores it
             if content.staged is not None:
-                install(content.staged, stored)
+                install(content.staged, self._target(path, create=True))
             elif content.in_place is not None:
                 path = relative(self.root, content.in_place)
+                self._check_path_free(path, existing.uid)
         now = time.time()
         record = replace(existing, meta=merged, path=path, updated_at=now)
-        atomic_write_json(
-            sidecar_for(self.root / path), record.sidecar_dict(), fsync=self.config.fsync
-        )
-        self._store.upsert(record, insert=False)
+        self._save(record, existing)
         events = self._emit_asset(record, now, resaved=True, registered=False)
         return Change(record, created=False, events=events)
 
@@ -345,12 +363,7 @@ class AssetRegistry:
             )
             now = time.time()
             record = replace(existing, meta=merged, updated_at=now)
-            atomic_write_json(
-                sidecar_for(self.root / record.path),
-                record.sidecar_dict(),
-                fsync=self.config.fsync,
-            )
-            self._store.upsert(record, insert=False)
+            self._save(record, existing)
             events = self._emit_asset(record, now, resaved=False, registered=False)
             shared = _json_copy(merged)
             events.append(
@@ -376,12 +389,12 @@ class AssetRegistry:
         with self._lock:
             self._ensure_open()
             record = self.get(uid)
-            self._store.delete(uid)
+            doomed: list[Path] = []
             if delete_files:
-                target = self.root / record.path
-                for path in (target, sidecar_for(target)):
-                    with contextlib.suppress(FileNotFoundError):
-                        path.unlink()
+                target = self._target(record.path, create=False)
+                doomed = [target, sidecar_for(target)]
+            with removing(doomed):  # files go only once the row is gone, or not at all
+                self._store.delete(uid)
             now = time.time()
             emitted = self._emit(
                 "on_asset_removed",
