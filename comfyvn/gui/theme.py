@@ -72,9 +72,10 @@ def dot_html(status: str) -> str:
 
 
 def status_chips(counts: dict[str, int]) -> str:
-    """``● 3 OK  ● 1 Down …`` for the panel and the System page, in one place so they agree."""
-    return "&nbsp;&nbsp;".join(
-        f"{dot_html(bucket)} {counts[bucket]} {label}"
+    """``● 3 OK  ● 1 Down …`` for the panel and the System page, in one place so they agree.
+    A narrow card wraps between chips, never inside one (``● 1`` / ``Disabled``)."""
+    return "&nbsp; ".join(
+        f'<span style="white-space:nowrap">{dot_html(bucket)} {counts[bucket]} {label}</span>'
         for bucket, label in SUMMARY_LABELS.items()
         if counts.get(bucket)
     )
