@@ -217,6 +217,16 @@ def test_step_4xx_paths(client: httpx.Client) -> None:
     scene = demo("errors")
     start = step(client, scene=scene, seed=3, pov="mara")
     state = start["state"]
+    before = latest_seq(client)
+    # A choice without the state it continues is refused, not silently ignored.
+    assert "needs the 'state'" in bad_step(client, 422, scene=scene, choice_id="open_door")
+    # Numbers JSON cannot carry (they would come back as null) are refused.
+    for body in (
+        b'{"scene": %s, "variables": {"x": NaN}}' % json.dumps(scene).encode(),
+        b'{"scene": %s, "variables": {"x": 1e999}}' % json.dumps(scene).encode(),
+    ):
+        raw_nan = client.post("/api/scenario/run/step", content=body)
+        assert raw_nan.status_code == 422 and "finite" in raw_nan.text, raw_nan.text
     # Unknown choice id and a choice hidden from this POV.
     assert "no choice 'nope'" in bad_step(client, 422, scene=scene, state=state, choice_id="nope")
     hidden = bad_step(client, 409, scene=scene, state=state, choice_id="knock_again")
@@ -266,7 +276,9 @@ def test_step_4xx_paths(client: httpx.Client) -> None:
             {"id": "b", "end": True},
         ],
     }
+    assert latest_seq(client) == before  # no refused step emitted anything
     first = step(client, scene=stuck, seed=1)
+    before = latest_seq(client)
     assert "cannot increment 's'" in bad_step(
         client, 409, scene=stuck, state=first["state"], choice_id="bump"
     )
@@ -279,6 +291,7 @@ def test_step_4xx_paths(client: httpx.Client) -> None:
     )
     assert raw.status_code == 422
     assert httpx.post(f"{client.base_url}/api/scenario/run/step", json={}).status_code == 401
+    assert latest_seq(client) == before  # no refused step emitted anything
 
 
 def test_step_on_a_finished_state_is_409_without_emitting(client: httpx.Client) -> None:

@@ -626,3 +626,46 @@ def test_demo_scene_is_valid_and_rich_enough() -> None:
     assert len(scene.nodes) >= 6 and scene.metadata.povs == ["mara", "theo"]
     ops = {c.operator for n in scene.nodes for ch in n.choices for c in ch.conditions}
     assert len(ops) >= 3 and scene.variables
+
+
+# -- numbers JSON cannot carry: refused instead of coming back as null --------------------------
+NAN = float("nan")
+INF = float("inf")
+
+
+def _tiny(**extra: Any) -> dict[str, Any]:
+    return {
+        "id": "num",
+        "start": "a",
+        "nodes": [
+            {"id": "a", "choices": [{"id": "go", "label": "Go", "target": "b"}]},
+            {"id": "b", "end": True},
+        ],
+        **extra,
+    }
+
+
+def test_non_finite_numbers_in_a_scene_are_validation_errors() -> None:
+    raw = _tiny(variables={"v": NAN, "deep": {"list": [1, INF]}})
+    raw["nodes"][0]["choices"][0]["weight"] = INF
+    report = validate_scene(raw)
+    found = {(e.path, "finite" in e.message) for e in report.errors}
+    assert ("$.variables.v", True) in found and ("$.variables.deep.list[1]", True) in found
+    assert ("$.nodes[0].choices[0].weight", True) in found
+
+
+def test_non_finite_start_or_state_variables_are_refused() -> None:
+    runner = ScenarioRunner(Recorder())
+    with pytest.raises(InvalidStart, match=r"variables\.x is not a finite number"):
+        runner.start(_tiny(), seed=1, variables={"x": NAN})
+    data = runner.start(_tiny(), seed=1).to_dict()
+    data["variables"] = {"x": [-INF]}
+    with pytest.raises(InvalidState, match=r"state\.variables\.x\[0\] is not a finite number"):
+        ScenarioState.from_dict(data, load_scene(_tiny()))
+
+
+def test_an_action_that_overflows_is_a_runtime_error() -> None:
+    with pytest.raises(ScenarioRuntimeError, match="not a finite number"):
+        apply_action(Action(type="increment", key="x", amount=1e308), {"x": 1e308})
+    with pytest.raises(ScenarioRuntimeError, match="not a finite number"):
+        apply_action(Action(type="decrement", key="x", amount=1e308), {"x": -1e308})

@@ -7,13 +7,23 @@ simply fails the test (``neq``/``not_in``/``not_exists`` then hold). Actions tha
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Iterator
 from typing import Any
 
 from .errors import ScenarioRuntimeError
 from .model import Action, Condition
 
-__all__ = ["apply_action", "check_condition", "get_path", "json_copy", "valid_path"]
+__all__ = [
+    "apply_action",
+    "check_condition",
+    "first_non_finite",
+    "get_path",
+    "json_copy",
+    "non_finite",
+    "valid_path",
+]
 
 _PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*(\.[A-Za-z_][A-Za-z0-9_-]*)*$")
 _MISSING = object()
@@ -30,6 +40,27 @@ def json_copy(value: Any) -> Any:
     if isinstance(value, list):
         return [json_copy(v) for v in value]
     return value
+
+
+def non_finite(value: Any, path: tuple[str | int, ...] = ()) -> Iterator[tuple[str | int, ...]]:
+    """Paths of the NaN and infinite numbers in JSON data. JSON cannot carry them (an answer
+    would turn them into null), so scenes, states and variables holding one are refused."""
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            yield path
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from non_finite(item, (*path, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from non_finite(item, (*path, index))
+
+
+def first_non_finite(value: Any, prefix: str) -> str | None:
+    """``prefix.a[0]``: where the first non-finite number in ``value`` is, or None."""
+    for path in non_finite(value):
+        return prefix + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path)
+    return None
 
 
 def get_path(variables: dict[str, Any], key: str) -> Any:
@@ -108,7 +139,13 @@ def apply_action(action: Action, variables: dict[str, Any]) -> None:
                 f"cannot {action.type} {action.key!r}: its value is a {_type_name(current)}, "
                 "not a number"
             )
-        parent[leaf] = current + amount if action.type == "increment" else current - amount
+        result = current + amount if action.type == "increment" else current - amount
+        if isinstance(result, float) and not math.isfinite(result):
+            raise ScenarioRuntimeError(
+                f"cannot {action.type} {action.key!r} by {amount}: the result is not a finite "
+                "number"
+            )
+        parent[leaf] = result
 
 
 def _type_name(value: Any) -> str:

@@ -24,7 +24,7 @@ from .errors import (
     ScenarioFinished,
     UnknownChoice,
 )
-from .logic import apply_action, check_condition, json_copy
+from .logic import apply_action, check_condition, first_non_finite, json_copy
 from .model import Choice, Node, Scene
 from .state import MAX_SEED, ScenarioState, draw
 from .validation import load_scene
@@ -95,6 +95,9 @@ class ScenarioRunner:
         if variables is not None:
             if not isinstance(variables, Mapping):
                 raise InvalidStart(f"variables must be an object, got {type(variables).__name__}")
+            bad = first_non_finite(variables, "variables")
+            if bad:
+                raise InvalidStart(f"{bad} is not a finite number (NaN and Infinity are not JSON)")
             start_vars.update(json_copy(dict(variables)))
         state = ScenarioState(
             scene=scene,

@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import InvalidState
+from .logic import first_non_finite, json_copy
 from .model import Choice, Scene
 
 __all__ = ["MAX_SEED", "RngState", "ScenarioState", "StateModel", "draw"]
@@ -81,8 +82,6 @@ class ScenarioState:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe; together with the scene it is all a client needs to continue."""
-        from .logic import json_copy
-
         return {
             "scene_id": self.scene.id,
             "current_node": self.current_node,
@@ -124,6 +123,9 @@ class ScenarioState:
                 f"state.finished is {str(model.finished).lower()} but node "
                 f"{node.id!r} {'ends' if terminal else 'does not end'} the scene"
             )
+        bad = first_non_finite(model.variables, "state.variables")
+        if bad:
+            raise InvalidState(f"{bad} is not a finite number (NaN and Infinity are not JSON)")
         povs = scene.metadata.povs
         if povs is not None and model.pov not in povs:
             raise InvalidState(f"state.pov {model.pov!r} is not one of the scene's povs {povs}")

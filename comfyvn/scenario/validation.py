@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from .errors import SceneInvalid, ValidationIssue
-from .logic import valid_path
+from .logic import non_finite, valid_path
 from .model import OPERATORS, Choice, Node, Scene, SceneMetadata
 
 __all__ = ["ValidationReport", "load_scene", "validate_scene"]
@@ -114,6 +114,8 @@ class _Semantic:
 
     def run(self) -> None:
         raw = self.raw
+        for path in non_finite(raw):
+            self.error(_path(*path), "not a finite number: NaN and Infinity are not JSON")
         self._unknown_fields(raw, Scene.model_fields, "$")
         scene_id = raw.get("id")
         if isinstance(scene_id, str) and not scene_id.strip():

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request
 from fastapi.responses import FileResponse, JSONResponse
@@ -19,12 +19,14 @@ from comfyvn.assets.paths import validate_type
 from comfyvn.assets.registry import MAX_PAGE, AssetRegistry, Change
 from comfyvn.assets.upload import read_upload
 
+from ..bodies import read_limited_body, validation_detail
 from ..services import commit_or_503, get_services
 
 router = APIRouter(prefix="/api/assets", tags=["assets"])
 
 MAX_JSON_BODY = 256 * 1024
 MULTIPART_OVERHEAD = 256 * 1024  # headers, boundaries and the small form fields
+M = TypeVar("M", bound=BaseModel)
 UidPath = Annotated[str, Path(description="Asset uid (from the content hash).")]
 
 
@@ -142,29 +144,19 @@ async def _committed(request: Request, change: Change) -> None:
         await commit_or_503(get_services(request).bus, change.last_seq)
 
 
-def _errors(exc: ValidationError) -> list[dict[str, Any]]:
-    return [
-        {"loc": list(err["loc"]), "msg": err["msg"], "type": err["type"]}
-        for err in exc.errors(include_url=False, include_context=False, include_input=False)
-    ]
-
-
 def _field_error(loc: str, msg: str, kind: str = "value_error") -> HTTPException:
     return HTTPException(422, [{"loc": [loc], "msg": msg, "type": kind}])
 
 
-async def _read_json(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise HTTPException(413, f"request body is {declared} bytes; the limit is {limit} bytes")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise HTTPException(413, f"request body exceeds the limit of {limit} bytes")
+async def _parse(request: Request, model: type[M]) -> M:
+    """The JSON body as ``model``; error locations name the field alone, as for multipart."""
+    body = await read_limited_body(request, MAX_JSON_BODY)
     if not body:
         raise HTTPException(422, "request body is empty; send a JSON object")
-    return bytes(body)
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        raise HTTPException(422, validation_detail(exc, prefix=())) from None
 
 
 @router.post(
@@ -241,7 +233,7 @@ async def _upload(request: Request, registry: AssetRegistry, content_type: str) 
         try:
             fields = AssetFields.model_validate({"type": form.fields.get("type"), "meta": meta})
         except ValidationError as exc:
-            raise HTTPException(422, _errors(exc)) from None
+            raise HTTPException(422, validation_detail(exc, prefix=())) from None
     except BaseException:
         form.discard()
         raise
@@ -252,11 +244,7 @@ async def _upload(request: Request, registry: AssetRegistry, content_type: str) 
 
 
 async def _register_path(request: Request, registry: AssetRegistry) -> Change:
-    body = await _read_json(request, MAX_JSON_BODY)
-    try:
-        req = RegisterPathRequest.model_validate_json(body)
-    except ValidationError as exc:
-        raise HTTPException(422, _errors(exc)) from None
+    req = await _parse(request, RegisterPathRequest)
     return await _call(registry.register_file, req.path, req.type, req.meta, copy=False)
 
 
@@ -321,11 +309,7 @@ async def get_asset_file(request: Request, uid: UidPath) -> FileResponse:
 )
 async def patch_asset(request: Request, uid: UidPath) -> AssetResponse:
     registry = _registry(request)
-    body = await _read_json(request, MAX_JSON_BODY)
-    try:
-        req = MetaPatchRequest.model_validate_json(body)
-    except ValidationError as exc:
-        raise HTTPException(422, _errors(exc)) from None
+    req = await _parse(request, MetaPatchRequest)
     change = await _call(registry.update_meta, uid, req.meta)
     await _committed(request, change)
     return AssetResponse(asset=AssetOut(**change.record.to_dict()), seq=change.last_seq)

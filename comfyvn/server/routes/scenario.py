@@ -13,7 +13,7 @@ from contextlib import AsyncExitStack
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, HTTPException, Request
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from comfyvn.core.hook_bus import Emitted
 from comfyvn.scenario.catalog import SceneCatalog
@@ -31,6 +31,7 @@ from comfyvn.scenario.runner import InvalidStart, ScenarioRunner
 from comfyvn.scenario.state import MAX_SEED, ScenarioState, StateModel
 from comfyvn.scenario.validation import load_scene, validate_scene
 
+from ..bodies import parse_json_body
 from ..services import Services, commit_or_503, get_services
 
 __all__ = ["router", "start"]
@@ -132,29 +133,12 @@ def _max_body() -> int:
 
 
 async def _parse(request: Request, model: type[M]) -> M:
-    """The JSON body as ``model``, whatever the Content-Type (``curl -d`` sends a form type)."""
-    limit = _max_body()
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise HTTPException(413, f"request body is {declared} bytes; the limit is {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise HTTPException(413, f"request body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
-    body = b"".join(chunks)
-    if not body.strip():
-        raise HTTPException(422, "request body is empty; send a JSON object with a 'scene'")
-    try:
-        return model.model_validate_json(body)
-    except ValidationError as exc:
-        errors = [
-            {"loc": ["body", *err["loc"]], "msg": err["msg"], "type": err["type"]}
-            for err in exc.errors(include_url=False, include_context=False, include_input=False)
-        ]
-        raise HTTPException(422, errors) from None
+    return await parse_json_body(
+        request,
+        model,
+        limit=_max_body(),
+        empty="request body is empty; send a JSON object with a 'scene'",
+    )
 
 
 def _body_doc(model: type[BaseModel]) -> dict[str, Any]:
@@ -199,6 +183,11 @@ async def run_step(request: Request) -> StepResponse:
     try:
         scene = load_scene(body.scene)
         if body.state is None:
+            if body.choice_id is not None:
+                raise InvalidStart(
+                    "'choice_id' needs the 'state' of the run it continues; without a state "
+                    "the call starts the run at its start node"
+                )
             state = runner.start(scene, seed=body.seed, pov=body.pov, variables=body.variables)
         else:
             if body.variables is not None:
