@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -53,6 +54,11 @@ def client(api_server: ServerProcess) -> Iterator[httpx.Client]:
         ("http://[::ffff:169.254.169.254]/", "cloud metadata"),
         ("http://100.100.100.200/", "cloud metadata"),
         ("http://2852039166/", "cloud metadata"),  # 169.254.169.254 as one decimal number
+        ("http://0251.0376.0251.0376/", "cloud metadata"),  # ...in octal
+        ("http://0xa9.0xfe.0xa9.0xfe/", "cloud metadata"),  # ...in hex
+        ("http://[64:ff9b::a9fe:a9fe]/", "cloud metadata"),  # ...through NAT64
+        ("http://[2002:a9fe:a9fe::1]/", "cloud metadata"),  # ...through 6to4
+        ("http://0/", "not a unicast"),  # 0.0.0.0
         ("http://0.0.0.0:8080/", "not a unicast"),
         ("http://224.0.0.1/", "not a unicast"),
     ],
@@ -95,6 +101,32 @@ def test_bad_bodies(client: httpx.Client, receiver: Receiver) -> None:
     huge = {"url": url, "description": "x" * 20_000}
     assert client.post(WEBHOOKS, json=huge).status_code == 413
     assert client.get(WEBHOOKS).json()["items"] == []
+
+
+def test_an_endless_body_is_refused_without_reading_it_all(api_server: ServerProcess) -> None:
+    """A chunked body has no Content-Length; the limit is counted while it streams, so the
+    413 comes as soon as it is crossed instead of after buffering whatever the client sends."""
+    host, port = api_server.url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(
+            (
+                f"POST {WEBHOOKS} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+                f"Authorization: Bearer {api_server.token}\r\n"
+                "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+            ).encode()
+        )
+        chunk = b"x" * 40_000
+        sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))  # never the final 0-chunk
+        answer = b""
+        while b"}" not in answer and (data := sock.recv(65536)):
+            answer += data
+    assert answer.startswith(b"HTTP/1.1 413"), answer
+    assert b"limit" in answer
+
+
+def test_validation_errors_name_the_body_field(client: httpx.Client) -> None:
+    detail = client.post(WEBHOOKS, json={"events": ["*"]}).json()["detail"]
+    assert detail == [{"loc": ["body", "url"], "msg": "Field required", "type": "missing"}]
 
 
 def test_duplicate_is_a_conflict_naming_the_existing_hook(

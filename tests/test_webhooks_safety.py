@@ -42,6 +42,7 @@ def test_policy_lists() -> None:
     allow.check_url("http://192.168.1.20/x")
     allow.check_addresses("hooks.example", ["203.0.113.7"])  # allowed by name
     allow.check_addresses("lan.example", ["192.168.1.9"])  # allowed by address
+    allow.check_addresses("lan.example", ["::ffff:192.168.1.9"])  # ...in any IPv6 form
     with pytest.raises(UnsafeUrlError, match="ALLOW"):
         allow.check_url("http://127.0.0.1/x")
     with pytest.raises(UnsafeUrlError, match="ALLOW"):
@@ -55,6 +56,33 @@ def test_policy_lists() -> None:
         no_loopback.check_url("http://[::1]:8000/")
     with pytest.raises(UnsafeUrlError, match="loopback"):
         no_loopback.check_addresses("localhost", ["127.0.0.1"])
+
+
+@pytest.mark.parametrize(
+    ("address", "message"),
+    [
+        ("::ffff:169.254.169.254", "metadata"),  # IPv4-mapped
+        ("::ffff:0:a9fe:a9fe", "metadata"),  # IPv4-translated (SIIT)
+        ("64:ff9b::a9fe:a9fe", "metadata"),  # NAT64 well-known prefix
+        ("64:ff9b:1::a9fe:a9fe", "metadata"),  # NAT64 local-use prefix
+        ("2002:a9fe:a9fe::1", "metadata"),  # 6to4
+        ("::a9fe:a9fe", "metadata"),  # IPv4-compatible (deprecated)
+        ("64:ff9b::a9fe:101", "link-local"),
+        ("64:ff9b::7f00:1", "loopback"),
+        ("64:ff9b::a00:1", "DENY"),
+        ("::ffff:10.1.2.3", "DENY"),
+    ],
+)
+def test_ipv6_forms_of_a_refused_ipv4_address_are_refused(address: str, message: str) -> None:
+    """On a NAT64 or 6to4 network these IPv6 addresses reach the IPv4 address they embed, so
+    each is judged as that address too (literal in the URL, or as a DNS answer)."""
+    policy = UrlPolicy(deny_hosts=["10.0.0.0/8"], allow_loopback=False)
+    with pytest.raises(UnsafeUrlError, match=message):
+        policy.check_url(f"http://[{address}]:8080/hook")
+    with pytest.raises(UnsafeUrlError, match=message):
+        policy.check_addresses("rebound.example", [address])
+    # Ordinary global IPv6 addresses (and the unembedded :: forms) still pass.
+    policy.check_addresses("v6.example", ["2001:db8::1", "2606:4700::6810:84e5", "::2"])
 
 
 def test_config_from_env() -> None:

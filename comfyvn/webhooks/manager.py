@@ -73,7 +73,11 @@ class WebhookManager:
         )
         self.store = WebhookStore(bus.log.path)
         self._subs: dict[str, Subscription] = {}
-        self._mutate = threading.Lock()
+        self._mutate = threading.Lock()  # one operator change at a time
+        # Read-and-publish of the snapshot is atomic: the worker reloads after every batch of
+        # attempts, and a list read before an operator's change must never be published after
+        # the list that includes it (a new webhook would get no events, a deleted one revive).
+        self._snapshot = threading.Lock()
         self.worker = DeliveryWorker(
             bus=bus,
             store=self.store,
@@ -106,9 +110,18 @@ class WebhookManager:
             self.store.close()
 
     def reload(self) -> None:
-        subs = self.store.list_subscriptions()
+        with self._snapshot:
+            self._publish(self.store.list_subscriptions())
+
+    def _publish(self, subs: list[Subscription]) -> None:
         self._subs = {s.id: s for s in subs}
         self.outbox.set_targets(subs)
+
+    def _remove(self, sub_id: str) -> None:
+        """Out of the outbox first, so no new rows appear for it while its rows go."""
+        with self._snapshot:
+            self._publish([s for s in self._subs.values() if s.id != sub_id])
+        self.store.delete_subscription(sub_id)
 
     # -- reading -----------------------------------------------------------------------------
     def describe_masked(self) -> list[dict[str, Any]]:
@@ -256,10 +269,7 @@ class WebhookManager:
     def _delete(self, sub_id: str) -> None:
         with self._mutate:
             self.get(sub_id)
-            # Out of the outbox first, so no new rows appear for it while it goes.
-            self._subs = {k: v for k, v in self._subs.items() if k != sub_id}
-            self.outbox.set_targets(self._subs.values())
-            self.store.delete_subscription(sub_id)
+            self._remove(sub_id)
             self.reload()
 
     async def delete_by_url(self, event: str, url: str) -> dict[str, list[str]]:
@@ -293,9 +303,7 @@ class WebhookManager:
                     self.store.update_subscription(sub.id, events=remaining)
                     updated.append(sub.id)
                 else:
-                    self._subs = {k: v for k, v in self._subs.items() if k != sub.id}
-                    self.outbox.set_targets(self._subs.values())
-                    self.store.delete_subscription(sub.id)
+                    self._remove(sub.id)
                     deleted.append(sub.id)
             self.reload()
         return {"deleted": deleted, "updated": updated}
@@ -307,7 +315,7 @@ class WebhookManager:
 
     async def redeliver(self, sub_id: str, delivery_id: int) -> tuple[Delivery, Attempt]:
         sub = self.get(sub_id)
-        self.delivery(sub_id, delivery_id)
+        await asyncio.to_thread(self.delivery, sub_id, delivery_id)  # SQLite: off the loop
         try:
             return await asyncio.wrap_future(
                 self.worker.submit(self.worker.redeliver(sub, delivery_id))

@@ -100,10 +100,23 @@ class _HostList:
         return any(ip.version == net.version and ip in net for net in self.networks)
 
 
-def _unmap(ip: IPAddress) -> IPAddress:
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip
+# IPv6 prefixes whose addresses carry an IPv4 address in their low 32 bits: on a network with
+# NAT64 (or SIIT) they reach that IPv4 host. Local-use NAT64 prefixes are /96s in practice.
+_LOW32_PREFIXES = tuple(
+    ipaddress.IPv6Network(n) for n in ("64:ff9b::/96", "64:ff9b:1::/48", "::ffff:0:0:0/96", "::/96")
+)
+
+
+def _judged_as(ip: IPAddress) -> list[IPAddress]:
+    """The address, plus the IPv4 address it embeds (mapped, NAT64, 6to4, compatible...).
+
+    Every form is vetted, so ``[64:ff9b::a9fe:a9fe]`` is refused like ``169.254.169.254``."""
+    if isinstance(ip, ipaddress.IPv4Address):
+        return [ip]
+    embedded = ip.ipv4_mapped or ip.sixtofour
+    if embedded is None and int(ip) > 1 and any(ip in net for net in _LOW32_PREFIXES):
+        embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return [ip] if embedded is None else [embedded, ip]
 
 
 def redact_url(url: str) -> str:
@@ -160,22 +173,29 @@ class UrlPolicy:
         """Vet the addresses ``host`` resolved to; any refused address refuses the host."""
         name_allowed = bool(self.allow) and self.allow.matches_name(host)
         for raw in addresses:
-            ip = _unmap(ipaddress.ip_address(raw) if isinstance(raw, str) else raw)
-            where = host if str(ip) == host else f"{host} ({ip})"
-            if ip in METADATA_ADDRESSES:
-                raise UnsafeUrlError(f"{where} is a cloud metadata address")
-            if ip.is_link_local:
-                raise UnsafeUrlError(f"{where} is a link-local address")
-            if ip.is_unspecified or ip.is_multicast:
-                raise UnsafeUrlError(f"{where} is not a unicast address")
-            if ip.is_loopback and not self.allow_loopback:
-                raise UnsafeUrlError(
-                    f"{where} is a loopback address and COMFYVN_WEBHOOK_ALLOW_LOOPBACK is off"
-                )
-            if self.deny.matches_address(ip):
-                raise UnsafeUrlError(f"{where} is in COMFYVN_WEBHOOK_DENY_HOSTS")
-            if self.allow and not name_allowed and not self.allow.matches_address(ip):
-                raise UnsafeUrlError(f"{where} is not in COMFYVN_WEBHOOK_ALLOW_HOSTS")
+            given = ipaddress.ip_address(raw) if isinstance(raw, str) else raw
+            forms = _judged_as(given)
+            for ip in forms:
+                where = host if str(given) == host else f"{host} ({given})"
+                if ip != given:
+                    where = f"{where}, which embeds {ip},"
+                self._refuse_address(where, ip)
+            if self.allow and not name_allowed and not any(map(self.allow.matches_address, forms)):
+                raise UnsafeUrlError(f"{host} ({given}) is not in COMFYVN_WEBHOOK_ALLOW_HOSTS")
+
+    def _refuse_address(self, where: str, ip: IPAddress) -> None:
+        if ip in METADATA_ADDRESSES:
+            raise UnsafeUrlError(f"{where} is a cloud metadata address")
+        if ip.is_link_local:
+            raise UnsafeUrlError(f"{where} is a link-local address")
+        if ip.is_unspecified or ip.is_multicast:
+            raise UnsafeUrlError(f"{where} is not a unicast address")
+        if ip.is_loopback and not self.allow_loopback:
+            raise UnsafeUrlError(
+                f"{where} is a loopback address and COMFYVN_WEBHOOK_ALLOW_LOOPBACK is off"
+            )
+        if self.deny.matches_address(ip):
+            raise UnsafeUrlError(f"{where} is in COMFYVN_WEBHOOK_DENY_HOSTS")
 
     # -- with DNS ----------------------------------------------------------------------------
     async def resolve(self, host: str, port: int) -> list[str]:

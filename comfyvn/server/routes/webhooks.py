@@ -9,7 +9,7 @@ import asyncio
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from comfyvn.webhooks.manager import WebhookError, WebhookManager
 from comfyvn.webhooks.models import (
@@ -31,6 +31,7 @@ from comfyvn.webhooks.models import (
     WebhookPatch,
 )
 
+from ..bodies import parse_json_body
 from ..errors import error_responses
 from ..services import get_services
 
@@ -61,24 +62,7 @@ def _manager(request: Request) -> WebhookManager:
 
 
 async def _body(request: Request, model: type[B], *, required: bool = True) -> B:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise HTTPException(413, f"request body is {declared} bytes; the limit is {MAX_BODY_BYTES}")
-    raw = await request.body()
-    if len(raw) > MAX_BODY_BYTES:
-        raise HTTPException(413, f"request body exceeds the limit of {MAX_BODY_BYTES} bytes")
-    if not raw.strip():
-        if not required:
-            return model()
-        raise HTTPException(422, "request body is empty; send a JSON object")
-    try:
-        return model.model_validate_json(raw)
-    except ValidationError as exc:
-        errors = [
-            {"loc": list(err["loc"]), "msg": err["msg"], "type": err["type"]}
-            for err in exc.errors(include_url=False, include_context=False, include_input=False)
-        ]
-        raise HTTPException(422, errors) from None
+    return await parse_json_body(request, model, limit=MAX_BODY_BYTES, required=required)
 
 
 def _fail(exc: WebhookError) -> HTTPException:
