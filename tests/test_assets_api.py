@@ -322,7 +322,13 @@ def test_other_bad_requests(srv: ServerProcess, client: httpx.Client) -> None:
         assert response.status_code == 404
         assert f"no asset with uid '{uid.split('/')[0]}'" in response.json()["detail"]
     assert client.patch(f"/api/assets/{unknown}", json={"meta": {"a": 1}}).status_code == 404
-    for params in ({"limit": 0}, {"limit": 1001}, {"offset": -1}, {"type": "Bad Type"}):
+    for params in (
+        {"limit": 0},
+        {"limit": 1001},
+        {"offset": -1},
+        {"offset": 2**63},  # beyond SQLite's integers: was an OverflowError, a 500
+        {"type": "Bad Type"},
+    ):
         assert client.get("/api/assets", params=params).status_code == 422
     assert client.delete(
         f"/api/assets/{unknown}", params={"delete_files": "maybe"}

@@ -538,3 +538,8 @@ def test_an_unreadable_file_under_the_root_is_a_path_error(
     with pytest.raises(AssetPathError, match=r"cannot read 'locked\.bin': Permission denied"):
         env.registry.register_file("locked.bin", "t", copy=False)
     assert env.registry.count() == 0
+
+
+def test_an_offset_beyond_sqlite_integers_is_an_input_error(env: Env) -> None:
+    with pytest.raises(AssetInputError, match="offset"):
+        env.registry.list(offset=2**63)

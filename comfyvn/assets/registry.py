@@ -59,6 +59,7 @@ log = logging.getLogger("comfyvn.assets")
 
 UID_LENGTH = 32  # hex digits of the SHA-256 (128 bits)
 MAX_PAGE = 1000
+MAX_OFFSET = 2**63 - 1  # SQLite's INTEGER range; beyond it sqlite3 raises OverflowError
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,8 +329,8 @@ class AssetRegistry:
             validate_type(type)
         if not 1 <= limit <= MAX_PAGE:
             raise AssetInputError(f"limit must be between 1 and {MAX_PAGE}, got {limit}")
-        if offset < 0:
-            raise AssetInputError(f"offset must be 0 or more, got {offset}")
+        if not 0 <= offset <= MAX_OFFSET:
+            raise AssetInputError(f"offset must be from 0 to {MAX_OFFSET}, got {offset}")
         items, total = self._store.query(
             asset_type=type, tag=tag or None, q=q or None, limit=limit, offset=offset
         )

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from comfyvn.assets.errors import AssetError, AssetInputError
 from comfyvn.assets.paths import validate_type
-from comfyvn.assets.registry import MAX_PAGE, AssetRegistry, Change
+from comfyvn.assets.registry import MAX_OFFSET, MAX_PAGE, AssetRegistry, Change
 from comfyvn.assets.upload import read_upload
 
 from ..bodies import read_limited_body, validation_detail
@@ -257,7 +257,7 @@ async def list_assets(
         str | None, Query(description="Case-insensitive text in path, type or meta values.")
     ] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> AssetListResponse:
     page = await _call(_registry(request).list, type, tag, q, limit, offset)
     return AssetListResponse(
