@@ -18,6 +18,7 @@ from .test_webhooks_receiver import (
     WEBHOOKS,
     Receiver,
     Reply,
+    cleaning_client,
     create,
     deliveries,
     emit,
@@ -48,11 +49,7 @@ def wh_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProces
 
 @pytest.fixture
 def client(wh_server: ServerProcess) -> Iterator[httpx.Client]:
-    """A client; every webhook a test created is deleted afterwards (tests share a server)."""
-    with wh_server.client() as c:
-        yield c
-        for hook in c.get(WEBHOOKS).json()["items"]:
-            c.delete(f"{WEBHOOKS}/{hook['id']}")
+    yield from cleaning_client(wh_server)
 
 
 def test_delivery_is_signed_per_standard_webhooks(client: httpx.Client, receiver: Receiver) -> None:

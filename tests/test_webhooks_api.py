@@ -11,7 +11,15 @@ import httpx
 import pytest
 
 from .support import ServerProcess
-from .test_webhooks_receiver import WEBHOOKS, Receiver, create, deliveries, emit, wait_deliveries
+from .test_webhooks_receiver import (
+    WEBHOOKS,
+    Receiver,
+    cleaning_client,
+    create,
+    deliveries,
+    emit,
+    wait_deliveries,
+)
 
 
 @pytest.fixture(scope="module")
@@ -30,10 +38,7 @@ def api_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProce
 
 @pytest.fixture
 def client(api_server: ServerProcess) -> Iterator[httpx.Client]:
-    with api_server.client() as c:
-        yield c
-        for hook in c.get(WEBHOOKS).json()["items"]:
-            c.delete(f"{WEBHOOKS}/{hook['id']}")
+    yield from cleaning_client(api_server)
 
 
 @pytest.mark.parametrize(

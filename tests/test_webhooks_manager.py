@@ -34,10 +34,8 @@ def _create(manager: WebhookManager, path: str) -> Subscription:
     return asyncio.run(manager.create(body))
 
 
-def test_a_stale_reload_cannot_hide_a_new_subscription(manager: WebhookManager) -> None:
-    """The worker reloads the snapshot after every batch of attempts. A reload that read the
-    table just before a create must not publish that older list after the create's own reload:
-    the new subscription would be missing from the outbox and silently get no events."""
+def _reload_reading_now(manager: WebhookManager) -> tuple[threading.Event, threading.Thread]:
+    """A reload (as the worker does) that has read the table and waits for ``go`` to publish."""
     read_done, go = threading.Event(), threading.Event()
     real_list = manager.store.list_subscriptions
 
@@ -52,6 +50,14 @@ def test_a_stale_reload_cannot_hide_a_new_subscription(manager: WebhookManager) 
     stale = threading.Thread(target=manager.reload, name="stale-reload")
     stale.start()
     assert read_done.wait(10)
+    return go, stale
+
+
+def test_a_stale_reload_cannot_hide_a_new_subscription(manager: WebhookManager) -> None:
+    """The worker reloads the snapshot after every batch of attempts. A reload that read the
+    table just before a create must not publish that older list after the create's own reload:
+    the new subscription would be missing from the outbox and silently get no events."""
+    go, stale = _reload_reading_now(manager)
     created: list[Subscription] = []
     creator = threading.Thread(target=lambda: created.append(_create(manager, "new")))
     creator.start()
@@ -66,20 +72,7 @@ def test_a_stale_reload_cannot_hide_a_new_subscription(manager: WebhookManager) 
 
 def test_a_stale_reload_cannot_revive_a_deleted_subscription(manager: WebhookManager) -> None:
     sub = _create(manager, "old")
-    read_done, go = threading.Event(), threading.Event()
-    real_list = manager.store.list_subscriptions
-
-    def slow_list() -> list[Subscription]:
-        subs = real_list()
-        if threading.current_thread().name == "stale-reload":
-            read_done.set()
-            go.wait(10)
-        return subs
-
-    manager.store.list_subscriptions = slow_list  # type: ignore[method-assign]
-    stale = threading.Thread(target=manager.reload, name="stale-reload")
-    stale.start()
-    assert read_done.wait(10)
+    go, stale = _reload_reading_now(manager)
     deleter = threading.Thread(target=lambda: asyncio.run(manager.delete(sub.id)))
     deleter.start()
     deleter.join(1.0)
@@ -125,3 +118,11 @@ def test_retry_after_forms() -> None:
     assert parse_retry_after(" 120 ", 0.0) == 120.0
     assert parse_retry_after("Thu, 01 Jan 1970 00:01:00 GMT", 30.0) == 30.0
     assert parse_retry_after("Thu, 01 Jan 1970 00:00:00 GMT", 30.0) == 0.0
+
+
+def test_ping_and_redeliver_without_a_running_worker_are_503(manager: WebhookManager) -> None:
+    """During shutdown (or before start) the worker refuses work: a 503 that says so, not a 500."""
+    sub = _create(manager, "stopped")
+    with pytest.raises(WebhookError) as err:
+        asyncio.run(manager.ping(sub.id))
+    assert err.value.status == 503 and "not running" in err.value.detail

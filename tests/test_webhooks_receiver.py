@@ -10,14 +10,14 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
 
-from .support import scene_enter_payload
+from .support import ServerProcess, scene_enter_payload
 
 HOOKS = "/api/modder/hooks"
 WEBHOOKS = f"{HOOKS}/webhooks"
@@ -158,6 +158,14 @@ def emit(client: httpx.Client, node: str = "intro", event: str = "on_scene_enter
     response = client.post(f"{HOOKS}/test", json={"event": event, "payload": payload})
     assert response.status_code == 200, response.text
     return response.json()
+
+
+def cleaning_client(server: ServerProcess) -> Iterator[httpx.Client]:
+    """A client; every webhook created through it is deleted afterwards (tests share a server)."""
+    with server.client() as c:
+        yield c
+        for hook in c.get(WEBHOOKS).json()["items"]:
+            c.delete(f"{WEBHOOKS}/{hook['id']}")
 
 
 def create(client: httpx.Client, url: str, **fields: Any) -> dict[str, Any]:

@@ -13,8 +13,9 @@ import logging
 import secrets
 import threading
 import time
+from collections.abc import Coroutine
 from contextlib import AsyncExitStack
-from typing import Any
+from typing import Any, TypeVar
 
 from comfyvn.core.hook_bus import HookBus
 from comfyvn.core.hook_specs import HOOK_SPECS
@@ -38,6 +39,7 @@ from .worker import DeliveryBusy, DeliveryWorker
 __all__ = ["WebhookError", "WebhookManager", "start_webhooks"]
 
 log = logging.getLogger("comfyvn.webhooks")
+T = TypeVar("T")
 
 
 class WebhookError(Exception):
@@ -309,17 +311,21 @@ class WebhookManager:
         return {"deleted": deleted, "updated": updated}
 
     # -- sending now -------------------------------------------------------------------------
+    def _submit(self, coro: Coroutine[Any, Any, T]) -> asyncio.Future[T]:
+        try:
+            return asyncio.wrap_future(self.worker.submit(coro))
+        except RuntimeError as exc:  # stopping (or never started): say so, not a 500
+            raise WebhookError(503, f"{exc}; try again once the server is up") from None
+
     async def ping(self, sub_id: str) -> tuple[Delivery | None, Attempt]:
         sub = self.get(sub_id)
-        return await asyncio.wrap_future(self.worker.submit(self.worker.ping(sub)))
+        return await self._submit(self.worker.ping(sub))
 
     async def redeliver(self, sub_id: str, delivery_id: int) -> tuple[Delivery, Attempt]:
         sub = self.get(sub_id)
         await asyncio.to_thread(self.delivery, sub_id, delivery_id)  # SQLite: off the loop
         try:
-            return await asyncio.wrap_future(
-                self.worker.submit(self.worker.redeliver(sub, delivery_id))
-            )
+            return await self._submit(self.worker.redeliver(sub, delivery_id))
         except DeliveryBusy as exc:
             raise WebhookError(409, str(exc)) from None
 

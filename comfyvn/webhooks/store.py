@@ -92,6 +92,23 @@ def _make_private(db: Path) -> None:
             os.chmod(path, 0o600)
 
 
+def _insert_attempt(conn: sqlite3.Connection, a: Attempt) -> None:
+    conn.execute(
+        "INSERT INTO webhook_attempts(delivery_id, attempt, started_at, latency_ms, "
+        "status_code, error, response, outcome) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            a.delivery_id,
+            a.number,
+            a.started_at,
+            a.latency_ms,
+            a.status_code,
+            a.error,
+            a.response,
+            a.outcome,
+        ),
+    )
+
+
 @dataclass(slots=True)
 class Outcome:
     """What one attempt did to its delivery (and maybe to its subscription)."""
@@ -290,19 +307,7 @@ class WebhookStore:
             )
             delivery_id = int(cur.lastrowid or 0)
             a.delivery_id, a.number = delivery_id, 1
-            conn.execute(
-                "INSERT INTO webhook_attempts(delivery_id, attempt, started_at, latency_ms, "
-                "status_code, error, response, outcome) VALUES (?, 1, ?, ?, ?, ?, ?, ?)",
-                (
-                    delivery_id,
-                    a.started_at,
-                    a.latency_ms,
-                    a.status_code,
-                    a.error,
-                    a.response,
-                    a.outcome,
-                ),
-            )
+            _insert_attempt(conn, a)
             return delivery_id
 
     def record(self, outcomes: Sequence[Outcome], disable_after: int) -> list[str]:
@@ -331,20 +336,7 @@ class WebhookStore:
                 if not number:  # the subscription was deleted meanwhile
                     continue
                 a.number = number[0][0]
-                conn.execute(
-                    "INSERT INTO webhook_attempts(delivery_id, attempt, started_at, latency_ms, "
-                    "status_code, error, response, outcome) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        a.delivery_id,
-                        a.number,
-                        a.started_at,
-                        a.latency_ms,
-                        a.status_code,
-                        a.error,
-                        a.response,
-                        a.outcome,
-                    ),
-                )
+                _insert_attempt(conn, a)
                 if self._apply_effect(conn, o, disable_after):
                     disabled.append(a.webhook_id)
         return disabled
