@@ -15,7 +15,7 @@ __all__ = ["build_parser", "main"]
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from comfyvn.core.settings import Settings, env_flag
+    from comfyvn.core.settings import EnvError, Settings, env_flag
     from comfyvn.server.runner import serve
 
     kwargs: dict = {
@@ -28,7 +28,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         kwargs["data_dir"] = Path(args.data_dir)
     if args.plugin_root:
         kwargs["plugin_root"] = Path(args.plugin_root)
-    return serve(Settings(**kwargs), log_level=args.log_level)
+    try:
+        settings = Settings(**kwargs)
+    except EnvError as exc:
+        print(f"comfyvn serve: {exc}", file=sys.stderr)
+        return 2
+    return serve(settings, log_level=args.log_level)
 
 
 def _cmd_hooks_tail(args: argparse.Namespace) -> int:

@@ -6,27 +6,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from comfyvn.core.env import env_flag, env_number
+
 __all__ = ["DEFAULT_MAX_BYTES", "AssetConfig"]
 
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_META_BYTES = 64 * 1024
-
-
-def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be a positive integer, got {raw!r}") from None
-    if value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value}")
-    return value
-
-
-def _env_flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +37,13 @@ class AssetConfig:
         return cls(
             root=root.resolve(),
             db_path=Path(data_dir) / "assets.sqlite3",
-            max_bytes=_env_int("COMFYVN_ASSET_MAX_BYTES", DEFAULT_MAX_BYTES),
-            max_meta_bytes=_env_int("COMFYVN_ASSET_MAX_META_BYTES", DEFAULT_MAX_META_BYTES),
-            fsync=_env_flag("COMFYVN_ASSET_FSYNC"),
+            max_bytes=int(
+                env_number("COMFYVN_ASSET_MAX_BYTES", DEFAULT_MAX_BYTES, minimum=1, integer=True)
+            ),
+            max_meta_bytes=int(
+                env_number(
+                    "COMFYVN_ASSET_MAX_META_BYTES", DEFAULT_MAX_META_BYTES, minimum=1, integer=True
+                )
+            ),
+            fsync=env_flag("COMFYVN_ASSET_FSYNC"),
         )

@@ -5,21 +5,27 @@ Precedence: explicit argument, then ``COMFYVN_*`` environment variable, then def
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["DataDirError", "Settings", "ensure_token", "env_flag", "prepare_data_dir", "read_token"]
+from .env import EnvError, env_flag, env_number
+
+__all__ = [
+    "DataDirError",
+    "EnvError",
+    "Settings",
+    "ensure_token",
+    "env_flag",
+    "prepare_data_dir",
+    "read_token",
+]
 
 TOKEN_FILE = "api_token"
 
-
-def env_flag(name: str, default: bool = False) -> bool:
-    value = os.environ.get(name)
-    if value is None or value.strip() == "":
-        return default
-    return value.strip().lower() in {"1", "true", "yes", "on"}
+log = logging.getLogger("comfyvn.server")
 
 
 def default_data_dir() -> Path:
@@ -52,21 +58,24 @@ class Settings:
         )
     )
     ws_heartbeat_s: float = field(
-        default_factory=lambda: float(os.environ.get("COMFYVN_WS_HEARTBEAT", "20"))
+        default_factory=lambda: env_number("COMFYVN_WS_HEARTBEAT", 20.0, minimum=0.01)
     )
     sse_keepalive_s: float = field(
-        default_factory=lambda: float(os.environ.get("COMFYVN_SSE_KEEPALIVE", "15"))
+        default_factory=lambda: env_number("COMFYVN_SSE_KEEPALIVE", 15.0, minimum=0.01)
     )
     history_max_events: int | None = field(
-        default_factory=lambda: int(os.environ.get("COMFYVN_HISTORY_MAX_EVENTS", "100000")) or None
+        # 0 turns the bound off
+        default_factory=lambda: (
+            int(env_number("COMFYVN_HISTORY_MAX_EVENTS", 100_000, minimum=0, integer=True)) or None
+        )
     )
     history_max_age_s: float | None = field(
         default_factory=lambda: (
-            float(os.environ.get("COMFYVN_HISTORY_MAX_AGE", str(30 * 86400))) or None
+            env_number("COMFYVN_HISTORY_MAX_AGE", 30 * 86400.0, minimum=0) or None
         )
     )
     commit_timeout_s: float = field(
-        default_factory=lambda: float(os.environ.get("COMFYVN_COMMIT_TIMEOUT", "10"))
+        default_factory=lambda: env_number("COMFYVN_COMMIT_TIMEOUT", 10.0, minimum=0.01)
     )
     token: str | None = None
 
@@ -112,23 +121,46 @@ def read_token(data_dir: Path) -> str | None:
     return value or None
 
 
+MIN_TOKEN_LENGTH = 16
+
+
 def ensure_token(settings: Settings) -> str:
-    """The API token: ``COMFYVN_API_TOKEN`` if set, else ``<data-dir>/api_token`` (0600)."""
+    """The API token: ``COMFYVN_API_TOKEN`` if set, else ``<data-dir>/api_token`` (0600).
+
+    The file appears complete or not at all (written to a temp file, fsync'd, then linked into
+    place, which fails if another process got there first), so a crash or a concurrent reader
+    never sees an empty token; an empty file left by an older version is replaced.
+    """
     if settings.token:
         return settings.token
     env = os.environ.get("COMFYVN_API_TOKEN", "").strip()
     if env:
+        if len(env) < MIN_TOKEN_LENGTH:
+            raise EnvError(f"COMFYVN_API_TOKEN must be at least {MIN_TOKEN_LENGTH} characters")
         return env
+    path = settings.token_path
     existing = read_token(settings.data_dir)
     if existing:
+        if path.stat().st_mode & 0o077:
+            path.chmod(0o600)
+            log.warning("%s was readable by other users; set it to 0600", path)
         return existing
     token = secrets.token_urlsafe(32)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    path = settings.token_path
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another process won the race: use its token
-        return read_token(settings.data_dir) or token
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(token + "\n")
-    return token
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(token + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        if path.exists():  # empty: damaged by a crash mid-write in an older version
+            os.replace(tmp, path)
+            return token
+        try:
+            os.link(tmp, path)
+        except FileExistsError:  # another process won the race: use its token
+            return read_token(settings.data_dir) or token
+        return token
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from comfyvn.core.env import env_number_or_default
+
 __all__ = ["WORKSPACES", "StudioOptions", "Timeouts"]
 
 log = logging.getLogger("comfyvn.gui")
@@ -16,18 +18,7 @@ DEFAULT_REFRESH_S = 15
 
 
 def _env_seconds(name: str, default: float, minimum: float = 0.05) -> float:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        log.warning("%s=%r is not a number; using %s", name, raw, default)
-        return default
-    if value < minimum:
-        log.warning("%s=%s is below %s; using %s", name, raw, minimum, default)
-        return default
-    return value
+    return env_number_or_default(name, default, minimum=minimum, log=log)
 
 
 _HTTP_S = 30.0  # one API call (health checks are bounded server-side by their own timeout)

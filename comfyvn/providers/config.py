@@ -6,24 +6,15 @@ import logging
 import os
 from dataclasses import dataclass
 
+from comfyvn.core.env import env_number_or_default
+
 __all__ = ["ProviderSettings"]
 
 log = logging.getLogger("comfyvn.providers")
 
 
 def _env_number(name: str, default: float, minimum: float) -> float:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        log.warning("%s=%r is not a number; using the default %s", name, raw, default)
-        return default
-    if value < minimum:
-        log.warning("%s=%s is below %s; using the default %s", name, raw, minimum, default)
-        return default
-    return value
+    return env_number_or_default(name, default, minimum=minimum, log=log)
 
 
 DEFAULT_TIMEOUT_S = 5.0  # per provider check; the whole run costs about the slowest one

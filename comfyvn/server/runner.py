@@ -12,10 +12,10 @@ from collections.abc import Iterator
 import uvicorn
 
 from comfyvn.core.event_log import EventLogError
-from comfyvn.core.settings import DataDirError, Settings
+from comfyvn.core.settings import DataDirError, EnvError, Settings
 
 from .app import create_app
-from .security import install_log_redaction
+from .security import RedactingFormatter, install_log_redaction
 
 __all__ = ["serve"]
 
@@ -54,7 +54,7 @@ def configure_logging(level: str = "INFO") -> None:
     root = logging.getLogger()
     if not root.handlers:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         root.addHandler(handler)
     root.setLevel(level)
     install_log_redaction()
@@ -64,7 +64,7 @@ def serve(settings: Settings, *, log_level: str = "INFO") -> int:
     configure_logging(log_level)
     try:
         app = create_app(settings)
-    except (DataDirError, EventLogError) as exc:
+    except (DataDirError, EventLogError, EnvError) as exc:
         print(f"comfyvn serve: {exc}", file=sys.stderr)
         return 2
     config = uvicorn.Config(

@@ -18,7 +18,13 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocketClose
 
-__all__ = ["SecurityMiddleware", "TokenRedactingFilter", "install_log_redaction", "redact"]
+__all__ = [
+    "RedactingFormatter",
+    "SecurityMiddleware",
+    "TokenRedactingFilter",
+    "install_log_redaction",
+    "redact",
+]
 
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 _WILDCARD_BINDS = frozenset({"0.0.0.0", "::", ""})
@@ -158,6 +164,14 @@ class TokenRedactingFilter(logging.Filter):
                     k: redact(v) if isinstance(v, str) else v for k, v in record.args.items()
                 }
         return True
+
+
+class RedactingFormatter(logging.Formatter):
+    """Redacts the finished line, tracebacks included, whichever logger the record came from
+    (logger filters do not see records that propagate up from child loggers)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
 
 
 def install_log_redaction() -> None:

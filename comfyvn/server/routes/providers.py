@@ -14,6 +14,7 @@ from comfyvn.providers.component import Providers
 from comfyvn.providers.models import KINDS, QUOTA_KINDS, ProviderCreate, ProviderUpdate, Thresholds
 from comfyvn.providers.registry import RegistryError
 
+from ..bodies import read_limited_body
 from ..errors import error_responses
 from ..services import get_services
 
@@ -29,20 +30,8 @@ class _LimitedBodyRoute(APIRoute):
 
         async def limited(request: Request) -> Response:
             if request.method in ("POST", "PUT"):
-                declared = request.headers.get("content-length", "")
-                if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-                    raise HTTPException(
-                        413, f"request body is {declared} bytes; the limit is {MAX_BODY_BYTES}"
-                    )
-                chunks, size = [], 0
-                async for chunk in request.stream():
-                    size += len(chunk)
-                    if size > MAX_BODY_BYTES:
-                        raise HTTPException(
-                            413, f"request body exceeds the limit of {MAX_BODY_BYTES} bytes"
-                        )
-                    chunks.append(chunk)
-                request._body = b"".join(chunks)  # what FastAPI's own request.body() returns
+                # What FastAPI's own request.body() returns, read under the limit.
+                request._body = await read_limited_body(request, MAX_BODY_BYTES)
             return await handler(request)
 
         return limited
