@@ -18,22 +18,42 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from comfyvn.core.settings import EnvError, Settings, env_flag
     from comfyvn.server.runner import serve
 
-    kwargs: dict = {
-        "host": args.host,
-        "port": args.port,
-        "dev_mode": args.dev or env_flag("COMFYVN_DEV_MODE"),
-        "demo": args.demo,
-    }
-    if args.data_dir:
-        kwargs["data_dir"] = Path(args.data_dir)
-    if args.plugin_root:
-        kwargs["plugin_root"] = Path(args.plugin_root)
-    try:
+    try:  # a bad COMFYVN_* value is named in one line, never a traceback
+        kwargs: dict = {
+            "host": args.host,
+            "port": args.port if args.port is not None else _env_port(),
+            "dev_mode": args.dev or env_flag("COMFYVN_DEV_MODE"),
+            "demo": args.demo,
+        }
+        if args.data_dir:
+            kwargs["data_dir"] = Path(args.data_dir)
+        if args.plugin_root:
+            kwargs["plugin_root"] = Path(args.plugin_root)
         settings = Settings(**kwargs)
     except EnvError as exc:
         print(f"comfyvn serve: {exc}", file=sys.stderr)
         return 2
     return serve(settings, log_level=args.log_level)
+
+
+def _env_port() -> int:
+    from comfyvn.core.env import EnvError, env_number
+
+    port = int(env_number("COMFYVN_PORT", 8001, minimum=0, integer=True))
+    if port > 65535:
+        raise EnvError(f"COMFYVN_PORT={port} is above the maximum of 65535")
+    return port
+
+
+def _port(raw: str) -> int:
+    """A TCP port for argparse: a bad value is a usage error, not a traceback from uvicorn."""
+    try:
+        value = int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a whole number") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a TCP port (0 to 65535)")
+    return value
 
 
 def _cmd_hooks_tail(args: argparse.Namespace) -> int:
@@ -105,9 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default=os.environ.get("COMFYVN_HOST", "127.0.0.1"))
     serve.add_argument(
         "--port",
-        type=int,
-        default=int(os.environ.get("COMFYVN_PORT", "8001")),
-        help="TCP port; 0 picks a free one (the ready line prints it)",
+        type=_port,
+        help="TCP port (default: $COMFYVN_PORT or 8001); 0 picks a free one (the ready line "
+        "prints it)",
     )
     serve.add_argument("--data-dir", help="data dir (default: $COMFYVN_DATA_DIR or ~/.comfyvn)")
     serve.add_argument("--dev", action="store_true", help="dev mode: load modder plugins")
@@ -116,7 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--plugin-root",
         help="plugin folder (default: $COMFYVN_MOD_PLUGIN_ROOT or dev/modder_hooks)",
     )
-    serve.add_argument("--log-level", default="INFO")
+    serve.add_argument(
+        "--log-level",
+        default="INFO",
+        type=str.upper,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
+    )
     serve.set_defaults(func=_cmd_serve)
 
     hooks = sub.add_parser("hooks", help="modder hook tools").add_subparsers(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -11,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from comfyvn.core.event_log import RetentionPolicy, SQLiteEventLog
-from comfyvn.core.hook_bus import Gap, HookBus, UnknownHookError
+from comfyvn.core.event_log import LogRow, RetentionPolicy, SQLiteEventLog
+from comfyvn.core.hook_bus import BusClosedError, CommitTimeout, Gap, HookBus, UnknownHookError
 from comfyvn.core.hook_specs import HOOK_SPECS
 
 from .support import scene_enter_payload
@@ -233,3 +234,181 @@ def test_every_spec_has_a_schema_and_descriptions() -> None:
         described = spec.describe()
         assert described["schema"]["properties"]
         assert all(described["payload"].values()), spec.name
+
+
+# -- writer thread, waiters, shutdown ----------------------------------------------------------
+def test_unserializable_payload_does_not_stop_the_writer(
+    bus: HookBus, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A tuple key, a circular reference or NaN (invalid JSON for browsers) becomes an error
+    payload under its own seq; the events after it are committed as usual."""
+    circular: dict = {}
+    circular["self"] = circular
+    bad = [{("tuple", 1): 1}, circular, {"x": float("nan")}]
+    with caplog.at_level(logging.ERROR, logger="comfyvn.hooks"):
+        for payload in bad:
+            bus.emit("on_scene_enter", {**scene_enter_payload("bad"), "variables": payload})
+        good = bus.emit("on_scene_enter", scene_enter_payload("good"))
+        bus.flush(timeout=10)
+    items = bus.history(limit=10)
+    assert [i["seq"] for i in items] == [1, 2, 3, good.seq]
+    assert all("could not be serialized" in i["data"]["error"] for i in items[:3])
+    assert items[-1]["data"]["node"] == "good"
+    assert "on_scene_enter (seq 1)" in caplog.text
+
+
+def test_a_waiter_whose_loop_closed_does_not_stop_the_writer(bus: HookBus) -> None:
+    """A caller on a short-lived loop (asyncio.run) times out while the log fails; when the log
+    recovers, the writer must not die calling into that closed loop."""
+    append = bus.log.append
+
+    def failing(rows) -> None:
+        raise OSError("disk full")
+
+    bus.log.append = failing  # type: ignore[method-assign]
+    seq = bus.emit("on_scene_enter", scene_enter_payload("a")).seq
+    with pytest.raises(CommitTimeout, match="disk full"):
+        asyncio.run(bus.wait_committed(seq, timeout=0.2))
+    bus.log.append = append  # type: ignore[method-assign]
+    bus.emit("on_scene_enter", scene_enter_payload("b"))
+    bus.flush(timeout=10)
+    assert [i["data"]["node"] for i in bus.history()] == ["a", "b"]
+    assert bus._async_waiters == []  # the timed-out waiter was not left behind
+
+
+def test_emit_after_close_is_refused(tmp_path: Path) -> None:
+    b = make_bus(tmp_path)
+    b.emit("on_scene_enter", scene_enter_payload("a"))
+    b.close()
+    with pytest.raises(BusClosedError, match="closed"):
+        b.emit("on_scene_enter", scene_enter_payload("late"))
+    again = make_bus(tmp_path)
+    try:
+        assert [i["seq"] for i in again.history()] == [1]
+    finally:
+        again.close()
+
+
+def test_a_listener_raising_system_exit_keeps_receiving(bus: HookBus) -> None:
+    calls: list[str] = []
+
+    def quits(event: str, payload: dict) -> None:
+        calls.append(payload["node"])
+        raise SystemExit(1)  # a plugin calling sys.exit() from its hook
+
+    handle = bus.register_listener(quits, name="quits")
+    for node in ("a", "b", "c"):
+        bus.emit("on_scene_enter", scene_enter_payload(node))
+    wait_until(lambda: handle.errors == 3)
+    assert calls == ["a", "b", "c"] and handle.last_error == "SystemExit: 1"
+
+
+def test_an_unregistered_listener_never_runs_its_queued_events(bus: HookBus) -> None:
+    """Unregistering (or reloading a plugin) while it is mid-call: once the call returns, the
+    old listener does not go on through what was queued for it."""
+    release = threading.Event()
+    calls: list[str] = []
+
+    def slow(event: str, payload: dict) -> None:
+        calls.append(payload["node"])
+        release.wait(10)
+
+    handle = bus.register_listener(slow, name="slow")
+    for i in range(5):
+        bus.emit("on_scene_enter", scene_enter_payload(f"n{i}"))
+    wait_until(lambda: calls == ["n0"])
+    bus.flush()
+    assert bus.unregister_listener(handle)
+    release.set()
+    handle._thread.join(10)
+    assert not handle._thread.is_alive()
+    assert calls == ["n0"]
+
+
+# -- subscriptions reading the log -------------------------------------------------------------
+def test_a_cancelled_catch_up_loses_nothing(tmp_path: Path) -> None:
+    """A caller that gives up while the subscription reads the log (wait_for timing out, a
+    stream closing) must find the same rows on its next call."""
+    b = make_bus(tmp_path, ring_size=1)
+    reading = threading.Event()
+    release = threading.Event()
+    read_since = b.log.read_since
+
+    def slow_read(*args, **kwargs):
+        rows = read_since(*args, **kwargs)
+        reading.set()
+        release.wait(10)
+        return rows
+
+    async def scenario() -> list[int]:
+        sub = b.subscribe(since=0)
+        for i in range(10):
+            b.emit("on_scene_enter", scene_enter_payload(f"n{i}"))
+        await asyncio.to_thread(b.flush)
+        b.log.read_since = slow_read  # type: ignore[method-assign]
+        first = asyncio.ensure_future(sub.next_batch())
+        await asyncio.to_thread(reading.wait, 10)
+        first.cancel()
+        release.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await first
+        await asyncio.sleep(0.2)  # the worker thread finishes its read meanwhile
+        b.log.read_since = read_since  # type: ignore[method-assign]
+        got: list[int] = []
+        while len(got) < 10:
+            got += [row.seq for row in await asyncio.wait_for(sub.next_batch(), 10)]
+        sub.close()
+        return got
+
+    try:
+        assert asyncio.run(scenario()) == list(range(1, 11))
+    finally:
+        b.close()
+
+
+def test_pruning_during_a_catch_up_is_an_explicit_gap(tmp_path: Path) -> None:
+    """Retention pruning that lands between the subscription's look at the log and its read
+    must be reported as a gap, never skipped silently."""
+    policy = RetentionPolicy(max_events=5, max_age_s=None)
+    b = make_bus(tmp_path, ring_size=1, retention=policy)
+    read_since = b.log.read_since
+
+    def read_after_prune(*args, **kwargs):
+        b.log.prune(policy)
+        return read_since(*args, **kwargs)
+
+    async def scenario() -> list:
+        sub = b.subscribe(since=0)
+        for i in range(20):
+            b.emit("on_scene_enter", scene_enter_payload(f"n{i}"))
+        await asyncio.to_thread(b.flush)
+        b.log.read_since = read_after_prune  # type: ignore[method-assign]
+        items: list = []
+        while not items or isinstance(items[-1], Gap) or items[-1].seq < 20:
+            items += await asyncio.wait_for(sub.next_batch(), 10)
+        sub.close()
+        return items
+
+    try:
+        items = asyncio.run(scenario())
+    finally:
+        b.close()
+    assert isinstance(items[0], Gap) and (items[0].first, items[0].last) == (1, 15)
+    assert [i.seq for i in items[1:]] == list(range(16, 21))
+
+
+def test_a_failing_rollback_does_not_hide_the_real_error(tmp_path: Path) -> None:
+    """SQLite may roll back by itself (disk full); the error reported must still be the real
+    one, not 'cannot rollback - no transaction is active'."""
+    store = SQLiteEventLog(tmp_path / "events.sqlite3")
+
+    def breaks(conn, rows) -> None:
+        conn.execute("ROLLBACK")  # what SQLite does on its own after SQLITE_FULL
+        raise OSError(28, "No space left on device")
+
+    store.add_txn_hook(breaks)
+    try:
+        with pytest.raises(OSError, match="No space left"):
+            store.append([LogRow(1, "evt_1", "on_scene_enter", 1.0, "{}")])
+    finally:
+        store.close()

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import json
+import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
-from .support import ROOT, ServerProcess, emit_scene, wait_for
+from comfyvn.core.event_log import SQLiteEventLog
+from comfyvn.core.hook_bus import HookBus
+from comfyvn.core.plugin_host import PluginHost
+
+from .support import ROOT, ServerProcess, emit_scene, scene_enter_payload, wait_for
 
 EXAMPLE_ROOT = str(ROOT / "dev" / "modder_hooks")
 
@@ -112,3 +118,64 @@ def test_broken_plugins_are_reported_and_isolated_and_reload_picks_up_edits(
         assert marker.read_text().count("v1:") == 3  # the old version did not run again
     finally:
         server.stop()
+
+
+def make_host(tmp_path: Path, root: Path, **kwargs) -> tuple[HookBus, PluginHost]:
+    bus = HookBus(SQLiteEventLog(tmp_path / "events.sqlite3"))
+    return bus, PluginHost(bus, root, **kwargs)
+
+
+def test_a_plugin_that_hangs_at_import_is_reported_and_the_rest_load(tmp_path: Path) -> None:
+    """A module body that never returns must not hang start-up or a reload."""
+    root = tmp_path / "plugins"
+    root.mkdir()
+    write_plugin(root, "hangs.py", "import threading\nthreading.Event().wait()\n")
+    write_plugin(root, "works.py", "def on_scene_enter(payload):\n    pass\n")
+    bus, host = make_host(tmp_path, root, import_budget_s=0.5)
+    try:
+        started = time.monotonic()
+        records = {r.name: r for r in host.load()}
+        assert time.monotonic() - started < 5.0  # 10x the budget
+        assert records["hangs"].status == "error"
+        assert "did not finish within 0.5 s" in (records["hangs"].error or "")
+        assert records["works"].status == "loaded"
+        assert not any(name.startswith(records["hangs"].module_name) for name in sys.modules)
+    finally:
+        host.unload()
+        bus.close()
+
+
+def test_concurrent_reloads_leave_one_listener_per_plugin(tmp_path: Path) -> None:
+    """Two reload requests at once must not leave the first one's listeners behind (every
+    plugin would then run twice per event, forever)."""
+    root = tmp_path / "plugins"
+    root.mkdir()
+    counter = tmp_path / "count.txt"
+    write_plugin(
+        root,
+        "counts.py",
+        f"""
+        import time
+        time.sleep(0.05)  # a module body that takes a moment, like most real imports
+
+        def on_scene_enter(payload):
+            with open({str(counter)!r}, "a") as fh:
+                fh.write("x")
+        """,
+    )
+    bus, host = make_host(tmp_path, root)
+    try:
+        host.load()
+        threads = [threading.Thread(target=host.reload) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert len(bus.listeners()) == 1 and len(host.plugins()) == 1
+        bus.emit("on_scene_enter", scene_enter_payload("a"))
+        wait_for(lambda: counter.exists())
+        time.sleep(0.3)
+        assert counter.read_text() == "x"
+    finally:
+        host.unload()
+        bus.close()

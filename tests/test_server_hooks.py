@@ -233,3 +233,26 @@ def test_sigterm_commits_and_history_filters(server: ServerProcess) -> None:
         ]
         assert [i["event"] for i in only] == ["on_asset_removed"]
     assert acks[-1]["seq"] == 30
+
+
+@pytest.mark.parametrize(
+    "first",
+    [b"\x00\x01binary", "not json", "[1, 2]", '{"topics": 5}', '{"since": [1]}'],
+)
+def test_bad_first_message_closes_1008_without_a_server_error(
+    server: ServerProcess, first: str | bytes
+) -> None:
+    with connect(f"{server.ws_url}/api/modder/hooks/ws", additional_headers=server.headers) as ws:
+        ws.send(first)
+        error = json.loads(ws.recv(timeout=5))
+        assert error["ok"] is False and error["error"]
+        with pytest.raises(ConnectionClosed):
+            ws.recv(timeout=5)
+        assert ws.close_code == 1008
+    assert "Traceback" not in server.log_text()
+
+
+def test_first_message_may_be_a_binary_frame(server: ServerProcess) -> None:
+    with connect(f"{server.ws_url}/api/modder/hooks/ws", additional_headers=server.headers) as ws:
+        ws.send(json.dumps({"topics": ["on_scene_enter"]}).encode())
+        assert recv_json(ws)["subscribed"] == ["on_scene_enter"]

@@ -12,7 +12,7 @@ import pytest
 
 from comfyvn.core.env import EnvError, env_flag, env_number, env_number_or_default
 from comfyvn.core.settings import Settings, ensure_token, read_token
-from comfyvn.server.security import RedactingFormatter
+from comfyvn.server.security import RedactingFormatter, redact, register_secret
 
 from .support import ROOT
 
@@ -123,4 +123,60 @@ def test_tracebacks_are_redacted_too() -> None:
         )
     line = formatter.format(record)
     assert "s3cr3t-value" not in line and "abcdef123456" not in line
+    assert "[redacted]" in line
+
+
+def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("COMFYVN_")}
+    return subprocess.run(
+        [sys.executable, "-m", "comfyvn", *args],
+        cwd=ROOT,
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_a_bad_port_is_named_and_breaks_no_other_command(tmp_path: Path) -> None:
+    bad_port = {"COMFYVN_PORT": "eighty"}
+    docs = run_cli("hooks", "docs", "--check", env=bad_port)  # never reads the port
+    assert docs.returncode == 0, docs.stderr
+    serve = run_cli("serve", "--data-dir", str(tmp_path), env=bad_port)
+    assert serve.returncode == 2 and "COMFYVN_PORT='eighty'" in serve.stderr
+    too_big = run_cli("serve", "--data-dir", str(tmp_path), env={"COMFYVN_PORT": "70000"})
+    assert too_big.returncode == 2 and "65535" in too_big.stderr
+    flag = run_cli("serve", "--port", "70000", "--data-dir", str(tmp_path), env={})
+    assert flag.returncode == 2 and "not a TCP port" in flag.stderr
+    level = run_cli("serve", "--log-level", "LOUD", "--data-dir", str(tmp_path), env={})
+    assert level.returncode == 2 and "--log-level" in level.stderr
+    for result in (docs, serve, too_big, flag, level):
+        assert "Traceback" not in result.stderr
+
+
+def test_a_bad_plugin_budget_stops_serve_with_its_name(tmp_path: Path) -> None:
+    result = run_cli(
+        "serve",
+        "--dev",
+        "--port",
+        "0",
+        "--data-dir",
+        str(tmp_path),
+        env={"COMFYVN_PLUGIN_CALL_BUDGET": "soon"},
+    )
+    assert result.returncode == 2
+    assert "COMFYVN_PLUGIN_CALL_BUDGET='soon' is not a number" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_user_chosen_token_is_redacted_whole() -> None:
+    """``Bearer <token>`` redaction stopped at the first ':' or '!' of a token set through
+    COMFYVN_API_TOKEN, leaking the rest; the server registers its token as a secret."""
+    token = "pass:word!with spaces-0123"
+    register_secret(token)
+    line = RedactingFormatter("%(message)s").format(
+        logging.LogRecord("comfyvn", logging.INFO, __file__, 1, "headers: %s", (token,), None)
+    )
+    bearer = redact(f"Authorization: Bearer {token}")
+    assert "word!with" not in line and "word!with" not in bearer
     assert "[redacted]" in line

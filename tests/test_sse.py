@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import gc
 import json
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
+import pytest
+
+from comfyvn.core.settings import Settings
+from comfyvn.server import create_app
 
 from .support import ServerProcess, emit_scene
 
@@ -62,3 +70,46 @@ def test_sse_errors(server: ServerProcess) -> None:
     bad_id = httpx.get(url, headers={**server.headers, "Last-Event-ID": "abc"})
     assert bad_id.status_code == 400 and "Last-Event-ID" in bad_id.json()["detail"]
     assert httpx.get(url, params={"since": -1}, headers=server.headers).status_code == 422
+
+
+def test_a_stream_that_never_starts_leaves_no_subscription(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The client leaves before the response starts (the first send fails): the subscription
+    must not outlive the request."""
+    monkeypatch.setenv("COMFYVN_DATA_DIR", str(tmp_path / "data"))  # the lifespan exports it
+    settings = Settings(data_dir=tmp_path / "data", port=0, token="t" * 32)
+    app = create_app(settings)
+
+    async def scenario() -> int:
+        async with app.router.lifespan_context(app):
+            scope = {
+                "type": "http",
+                "asgi": {"version": "3.0", "spec_version": "2.4"},
+                "http_version": "1.1",
+                "method": "GET",
+                "scheme": "http",
+                "path": "/api/modder/hooks/subscribe",
+                "raw_path": b"/api/modder/hooks/subscribe",
+                "query_string": b"",
+                "root_path": "",
+                "headers": [(b"host", b"127.0.0.1"), (b"authorization", b"Bearer " + b"t" * 32)],
+                "client": ("127.0.0.1", 1),
+                "server": ("127.0.0.1", 8001),
+                "state": {},
+            }
+
+            async def receive() -> dict:
+                await asyncio.sleep(30)
+                return {"type": "http.disconnect"}
+
+            async def send(message: dict) -> None:
+                raise OSError("the client went away")
+
+            with contextlib.suppress(Exception):
+                await app(scope, receive, send)
+            gc.collect()
+            await asyncio.sleep(0.1)
+            return app.state.services.bus.subscriber_count()
+
+    assert asyncio.run(scenario()) == 0

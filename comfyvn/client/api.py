@@ -54,13 +54,21 @@ class ApiClient:
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         response = self._http.request(method, path, **kwargs)
+        where = f"{method} {path}"
+        try:
+            body = response.json()
+        except ValueError:  # not JSON: most likely --server points at something else
+            body = None
+            if response.status_code < 400:
+                raise ApiError(
+                    response.status_code,
+                    "the answer is not JSON; is --server a ComfyVN Studio server?",
+                    where,
+                ) from None
         if response.status_code >= 400:
-            try:
-                detail = response.json().get("detail", response.text)
-            except ValueError:
-                detail = response.text
-            raise ApiError(response.status_code, detail, f"{method} {path}")
-        return response.json()
+            detail = body.get("detail", body) if isinstance(body, dict) else body
+            raise ApiError(response.status_code, detail or response.text, where)
+        return body
 
     def get(self, path: str, **kwargs: Any) -> Any:
         return self.request("GET", path, **kwargs)

@@ -13,12 +13,14 @@ import time
 from typing import TextIO
 from urllib.parse import urlencode
 
-from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 from websockets.sync.client import connect
 
 from .api import Connection
 
 __all__ = ["tail"]
+
+_TRANSIENT = frozenset({408, 425, 429})  # client errors worth retrying
 
 
 def _stream_url(conn: Connection, topics: list[str] | None, since: int | None) -> str:
@@ -86,10 +88,20 @@ def tail(
                     file=err,
                 )
                 return 2
+            if 400 <= status < 500 and status not in _TRANSIENT:
+                # Retrying cannot help (wrong path, refused Host name...): say so and stop.
+                print(
+                    f"comfyvn hooks tail: the server answered {status} to "
+                    f"{conn.ws_base}/api/modder/hooks/ws; check --server",
+                    file=err,
+                )
+                return 2
             print(f"# server answered {status}; retrying", file=err, flush=True)
         except InvalidURI as exc:
             print(f"comfyvn hooks tail: bad server URL: {exc}", file=err)
             return 2
+        except InvalidHandshake as exc:  # not an HTTP answer (yet): a server mid-restart
+            print(f"# handshake failed ({exc}); retrying in {backoff:.2f}s", file=err, flush=True)
         except (OSError, ConnectionClosed, TimeoutError) as exc:
             print(
                 f"# disconnected ({type(exc).__name__}); retrying in {backoff:.2f}s",

@@ -132,7 +132,10 @@ class SQLiteEventLog:
                     hook(conn, rows)
                 conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                # SQLite may have rolled back already (disk full, I/O error): a failing
+                # ROLLBACK must not replace the error that names the real problem.
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
                 raise
 
     def get_meta(self, key: str) -> str | None:

@@ -27,6 +27,7 @@ from .event_log import LogRow, RetentionPolicy, SQLiteEventLog
 from .hook_specs import HOOK_SPECS
 
 __all__ = [
+    "BusClosedError",
     "CommitTimeout",
     "Emitted",
     "Gap",
@@ -49,6 +50,10 @@ class UnknownHookError(KeyError):
 
 class CommitTimeout(TimeoutError):
     """The event log did not commit in time (e.g. the data dir is not writable)."""
+
+
+class BusClosedError(RuntimeError):
+    """``emit()`` after ``close()``: refused loudly, since nothing would ever commit it."""
 
 
 class Emitted(NamedTuple):
@@ -102,6 +107,7 @@ class ListenerHandle:
     stalled: bool = False
     _queue: queue.Queue[LogRow | None] = field(init=False, repr=False)
     _thread: threading.Thread | None = field(default=None, init=False, repr=False)
+    _discard: bool = field(default=False, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._queue = queue.Queue(self.max_queue)
@@ -110,6 +116,8 @@ class ListenerHandle:
         return self.events is None or event in self.events
 
     def offer(self, row: LogRow) -> None:
+        if self._discard:
+            return
         try:
             self._queue.put_nowait(row)
         except queue.Full:
@@ -125,7 +133,14 @@ class ListenerHandle:
         )
         self._thread.start()
 
-    def stop(self, timeout: float = 2.0) -> None:
+    def stop(self, timeout: float = 2.0, *, discard: bool = False) -> None:
+        """Stop the worker. ``discard`` (unregister, plugin reload) drops what is still queued,
+        so a listener that was mid-call never runs again on old events once it returns."""
+        if discard:
+            self._discard = True
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    self._queue.get_nowait()
         with contextlib.suppress(queue.Full):
             self._queue.put_nowait(None)
         if self._thread is not None and self._thread is not threading.current_thread():
@@ -133,10 +148,12 @@ class ListenerHandle:
 
     def _run(self) -> None:
         while (row := self._queue.get()) is not None:
+            if self._discard:
+                break
             self.busy_since = time.monotonic()
             try:
                 self.fn(row.event, json.loads(row.data))  # a fresh copy for every listener
-            except Exception as exc:
+            except BaseException as exc:  # SystemExit from a plugin must not end its worker
                 self.errors += 1
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 if self.errors == 1:
@@ -214,6 +231,8 @@ class HookBus:
         if event not in self._known:
             raise UnknownHookError(event)
         with self._seq_lock:
+            if self._stopping:
+                raise BusClosedError(f"the hook bus is closed; {event} was not emitted")
             self._seq += 1
             seq = self._seq
             self._pending.append((seq, event, time.time(), payload))
@@ -251,11 +270,15 @@ class HookBus:
         with self._commit_cond:
             if self._committed_seq >= seq:
                 return
-            self._async_waiters.append((seq, loop, fut))
+            waiter = (seq, loop, fut)
+            self._async_waiters.append(waiter)
         try:
             await asyncio.wait_for(fut, timeout)
         except TimeoutError:
             raise CommitTimeout(self._timeout_message(seq)) from None
+        finally:  # timed out or cancelled: the writer must not keep (or call into) this loop
+            with self._commit_cond, contextlib.suppress(ValueError):
+                self._async_waiters.remove(waiter)
 
     def _timeout_message(self, seq: int) -> str:
         reason = f": {self._write_error}" if self._write_error else ""
@@ -283,8 +306,8 @@ class HookBus:
                     return
                 self._on_commit(rows)
                 continue
-            if self._stopping:
-                return
+            if self._stopping and not self._pending:
+                return  # emit() refuses once stopping is set, so nothing can follow
             self._writer_idle = True
             if not self._pending:
                 self._wake.wait(0.05)
@@ -292,7 +315,15 @@ class HookBus:
             self._wake.clear()
 
     def _row(self, seq: int, event: str, ts: float, payload: Any) -> LogRow:
-        data = json.dumps(payload, separators=(",", ":"), default=str)
+        """Serialize once. A payload that is not JSON (NaN, a circular reference, a tuple key)
+        becomes an explicit error payload: the envelope keeps its seq, the wire stays valid
+        JSON for every client, and the writer thread never dies over one bad emitter."""
+        try:
+            data = json.dumps(payload, separators=(",", ":"), default=str, allow_nan=False)
+        except (TypeError, ValueError, RecursionError) as exc:
+            reason = f"payload could not be serialized to JSON: {type(exc).__name__}: {exc}"
+            log.error("%s (seq %d): %s", event, seq, reason)
+            data = json.dumps({"error": reason}, separators=(",", ":"))
         return LogRow(seq, f"evt_{self._boot}_{seq}", event, ts, data)
 
     def _commit_with_retry(self, rows: list[LogRow]) -> bool:
@@ -305,7 +336,8 @@ class HookBus:
                     log.error("event log commit failed, will retry: %s", exc)
                 self._write_error = f"{type(exc).__name__}: {exc}"
                 if self._stopping and delay >= 2.0:
-                    log.error("giving up on %d uncommitted events at shutdown", len(rows))
+                    lost = len(rows) + len(self._pending)
+                    log.error("giving up on %d uncommitted events at shutdown: %s", lost, exc)
                     return False
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
@@ -337,7 +369,8 @@ class HookBus:
             if ready:
                 self._async_waiters = [w for w in self._async_waiters if w[0] > top]
         for _, loop, fut in ready:
-            loop.call_soon_threadsafe(_resolve, fut)
+            with contextlib.suppress(RuntimeError):  # the waiter's loop closed meanwhile
+                loop.call_soon_threadsafe(_resolve, fut)
         with self._subs_lock:
             loops = [loop for loop, subs in self._subscriptions.items() if subs]
         for loop in loops:
@@ -366,11 +399,7 @@ class HookBus:
         self, fn: Listener, events: Iterable[str] | None = None, *, name: str | None = None
     ) -> ListenerHandle:
         """Call ``fn(event, payload_copy)`` for each committed event on its own thread."""
-        wanted = None if events is None else frozenset(events)
-        if wanted is not None:
-            unknown = sorted(wanted - set(self._known))
-            if unknown:
-                raise UnknownHookError(unknown[0])
+        wanted = self._check_names(events)
         label = name or getattr(fn, "__qualname__", repr(fn))
         handle = ListenerHandle(fn, wanted, label)
         handle.start()
@@ -378,12 +407,20 @@ class HookBus:
             self._listeners.append(handle)
         return handle
 
+    def _check_names(self, names: Iterable[str] | None) -> frozenset[str] | None:
+        wanted = None if names is None else frozenset(names)
+        if wanted is not None:
+            unknown = sorted(wanted - set(self._known))
+            if unknown:
+                raise UnknownHookError(unknown[0])
+        return wanted
+
     def unregister_listener(self, handle: ListenerHandle) -> bool:
         with self._listeners_lock:
             if handle not in self._listeners:
                 return False
             self._listeners.remove(handle)
-        handle.stop(timeout=0.5)
+        handle.stop(timeout=0.5, discard=True)
         return True
 
     def listeners(self) -> list[ListenerHandle]:
@@ -395,11 +432,7 @@ class HookBus:
         self, topics: Iterable[str] | None = None, since: int | None = None
     ) -> Subscription:
         """An async cursor over committed envelopes; call from the loop that will read it."""
-        wanted = None if topics is None else frozenset(topics)
-        if wanted is not None:
-            unknown = sorted(wanted - set(self._known))
-            if unknown:
-                raise UnknownHookError(unknown[0])
+        wanted = self._check_names(topics)
         loop = asyncio.get_running_loop()
         start = self._committed_seq if since is None else min(max(since, 0), self._committed_seq)
         sub = Subscription(self, wanted, start, loop)
@@ -460,9 +493,10 @@ class HookBus:
     # -- shutdown ----------------------------------------------------------------------------
     def close(self, timeout: float = 10.0) -> None:
         """Commit everything still pending, then stop listeners and close the log."""
-        if self._stopping:
-            return
-        self._stopping = True
+        with self._seq_lock:  # after this, emit() refuses: the writer's last drain is complete
+            if self._stopping:
+                return
+            self._stopping = True
         self._wake.set()
         self._writer.join(timeout)
         for handle in self.listeners():
@@ -511,7 +545,13 @@ class Subscription:
         while self.cursor < bus.committed_seq:
             rows = bus._from_ring(self.cursor, limit)
             if rows is None:
-                return await asyncio.to_thread(self._catch_up_from_log, limit)
+                items, cursor = await asyncio.to_thread(self._read_log, self.cursor, limit)
+                # Moved only here, once the rows are handed over: a caller cancelled while the
+                # log was being read (a timeout, a closing stream) loses nothing.
+                self.cursor = cursor
+                if items:
+                    return items
+                continue
             if not rows:
                 return []
             self.cursor = rows[-1].seq
@@ -520,22 +560,29 @@ class Subscription:
                 return matched
         return []
 
-    def _catch_up_from_log(self, limit: int) -> list[LogRow | Gap]:
+    def _read_log(self, cursor: int, limit: int) -> tuple[list[LogRow | Gap], int]:
+        """Rows after ``cursor`` from the log and the cursor after them (not applied here).
+
+        The oldest seq is read after the rows, so retention pruning that races the read shows
+        up as an explicit gap instead of a silent hole.
+        """
         bus = self.bus
         snapshot = bus.committed_seq
+        rows = bus.log.read_since(cursor, limit, self.topics)
+        complete = len(rows) < limit  # everything committed up to the snapshot was read
         first = bus.log.first_seq()
-        if first is None or self.cursor + 1 < first:
-            last_missing = (first - 1) if first is not None else snapshot
-            if last_missing > self.cursor:
-                gap = Gap(self.cursor + 1, last_missing)
-                self.cursor = last_missing
-                return [gap]
-        rows = bus.log.read_since(self.cursor, limit, self.topics)
-        if len(rows) < limit:
-            self.cursor = max(self.cursor, snapshot, rows[-1].seq if rows else 0)
-        else:
-            self.cursor = rows[-1].seq
-        return list(rows)
+        items: list[LogRow | Gap] = []
+        missing_to = snapshot if first is None else first - 1
+        if missing_to > cursor:
+            items.append(Gap(cursor + 1, missing_to))
+            rows = [r for r in rows if r.seq > missing_to]
+            cursor = missing_to
+        items.extend(rows)
+        if rows:
+            cursor = max(cursor, rows[-1].seq)
+        if complete:
+            cursor = max(cursor, snapshot)
+        return items, cursor
 
     def close(self) -> None:
         if not self.closed:

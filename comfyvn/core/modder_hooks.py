@@ -19,6 +19,7 @@ from typing import Any
 
 from .event_log import RetentionPolicy, SQLiteEventLog
 from .hook_bus import (
+    BusClosedError,
     CommitTimeout,
     Emitted,
     Gap,
@@ -34,6 +35,7 @@ from .hook_specs import HOOK_SPECS, HookSpec, define_hook, hook_names
 
 __all__ = [
     "HOOK_SPECS",
+    "BusClosedError",
     "CommitTimeout",
     "Emitted",
     "Gap",

@@ -67,13 +67,29 @@ class PluginRecord:
         }
 
 
+def _forget_modules(module_name: str) -> None:
+    """Drop a plugin's private module and its submodules, so a reload imports fresh code."""
+    for name in [m for m in sys.modules if m == module_name or m.startswith(module_name + ".")]:
+        del sys.modules[name]
+
+
 class PluginHost:
-    def __init__(self, bus: HookBus, root: Path, *, call_budget_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        bus: HookBus,
+        root: Path,
+        *,
+        call_budget_s: float = 5.0,
+        import_budget_s: float = 30.0,
+    ) -> None:
         self.bus = bus
         self.root = Path(root)
         self.call_budget_s = call_budget_s
+        self.import_budget_s = import_budget_s
         self._plugins: list[PluginRecord] = []
-        self._lock = threading.Lock()
+        # Reentrant: reload holds it across unload + load, so two reloads never interleave
+        # (which left the first one's listeners registered: every plugin ran twice).
+        self._lock = threading.RLock()
         self.loaded_at: float | None = None
 
     # -- discovery and loading ---------------------------------------------------------------
@@ -102,8 +118,9 @@ class PluginHost:
         return records
 
     def reload(self) -> list[PluginRecord]:
-        self.unload()
-        return self.load()
+        with self._lock:
+            self.unload()
+            return self.load()
 
     def unload(self) -> None:
         with self._lock:
@@ -111,12 +128,7 @@ class PluginHost:
                 if record.handle is not None:
                     self.bus.unregister_listener(record.handle)
                     record.handle = None
-                for name in [
-                    m
-                    for m in sys.modules
-                    if m == record.module_name or m.startswith(record.module_name + ".")
-                ]:
-                    del sys.modules[name]
+                _forget_modules(record.module_name)
             self._plugins = []
 
     def _load_one(self, path: Path) -> PluginRecord:
@@ -125,7 +137,7 @@ class PluginHost:
         safe = re.sub(r"\W", "_", name)
         record = PluginRecord(name=name, path=path, module_name=f"_comfyvn_plugin_{safe}_{digest}")
         try:
-            module = self._import(record)
+            module = self._import_within_budget(record)
         except BaseException as exc:  # SyntaxError, ImportError, SystemExit in module body...
             record.status = "error"
             record.error = "".join(traceback.format_exception_only(type(exc), exc)).strip()
@@ -135,7 +147,7 @@ class PluginHost:
                 record.error,
                 "".join(traceback.format_exception(exc)),
             )
-            sys.modules.pop(record.module_name, None)
+            _forget_modules(record.module_name)
             return record
         functions: dict[str, Callable[[dict[str, Any]], Any]] = {}
         for attr, value in vars(module).items():
@@ -163,6 +175,29 @@ class PluginHost:
         )
         record.status = "loaded"
         return record
+
+    def _import_within_budget(self, record: PluginRecord) -> ModuleType:
+        """Import on a helper thread: a module body that never returns is reported as an
+        error after ``import_budget_s`` instead of hanging start-up or a reload forever."""
+        outcome: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                outcome["module"] = self._import(record)
+            except BaseException as exc:
+                outcome["error"] = exc
+
+        worker = threading.Thread(target=run, name=f"plugin-import:{record.name}", daemon=True)
+        worker.start()
+        worker.join(self.import_budget_s)
+        if worker.is_alive():
+            raise TimeoutError(
+                f"import did not finish within {self.import_budget_s:g} s (the module body is "
+                "still running); the plugin is not loaded"
+            )
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["module"]
 
     def _import(self, record: PluginRecord) -> ModuleType:
         path = record.path

@@ -77,6 +77,9 @@ class Settings:
     commit_timeout_s: float = field(
         default_factory=lambda: env_number("COMFYVN_COMMIT_TIMEOUT", 10.0, minimum=0.01)
     )
+    plugin_call_budget_s: float = field(
+        default_factory=lambda: env_number("COMFYVN_PLUGIN_CALL_BUDGET", 5.0, minimum=0.01)
+    )
     token: str | None = None
 
     def __post_init__(self) -> None:

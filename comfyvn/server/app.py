@@ -28,7 +28,7 @@ from .routes import hooks
 from .routes import providers as provider_routes
 from .routes import scenario as scenario_routes
 from .routes import webhooks as webhook_routes
-from .security import SecurityMiddleware
+from .security import SecurityMiddleware, register_secret
 from .services import Services
 
 __all__ = ["create_app"]
@@ -49,6 +49,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     prepare_data_dir(settings.data_dir)
     SQLiteEventLog(settings.events_db).close()  # a damaged log stops start-up with a clear error
     token = ensure_token(settings)
+    register_secret(token)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -118,7 +119,7 @@ def _start_plugin_host(services: Services, stack: AsyncExitStack) -> None:
         return
     from comfyvn.core.plugin_host import PluginHost
 
-    budget = float(os.environ.get("COMFYVN_PLUGIN_CALL_BUDGET", "5"))
+    budget = services.settings.plugin_call_budget_s
     host = PluginHost(services.bus, services.settings.plugin_root, call_budget_s=budget)
     services.bus.listener_budget_s = budget
     host.load()

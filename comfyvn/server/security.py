@@ -24,6 +24,7 @@ __all__ = [
     "TokenRedactingFilter",
     "install_log_redaction",
     "redact",
+    "register_secret",
 ]
 
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
@@ -146,7 +147,20 @@ _TOKEN_IN_TEXT = re.compile(r"((?:[?&]|\b)token=)[^&\s\"']+", re.IGNORECASE)
 _BEARER_IN_TEXT = re.compile(r"(Bearer\s+)[A-Za-z0-9._~+/=-]+", re.IGNORECASE)
 
 
+_SECRETS: set[str] = set()
+
+
+def register_secret(value: str) -> None:
+    """Redact this exact value wherever it appears: a token set by the user may hold
+    characters (``:``, ``!``, spaces) that the patterns below stop at, leaking the rest."""
+    if value:
+        _SECRETS.add(value)
+
+
 def redact(text: str) -> str:
+    for secret in _SECRETS:
+        if secret in text:
+            text = text.replace(secret, "[redacted]")
     return _BEARER_IN_TEXT.sub(r"\1[redacted]", _TOKEN_IN_TEXT.sub(r"\1[redacted]", text))
 
 

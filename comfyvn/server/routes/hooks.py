@@ -137,12 +137,16 @@ async def _read_subscription(ws: WebSocket) -> tuple[list[str] | None, int | Non
     if "topics" in params or "since" in params:
         return parse_topics(params.get("topics")), _parse_since(params.get("since"))
     try:
-        text = await asyncio.wait_for(ws.receive_text(), FIRST_MESSAGE_WAIT_S)
+        message = await asyncio.wait_for(ws.receive(), FIRST_MESSAGE_WAIT_S)
     except TimeoutError:
         return None, None  # a client that says nothing gets everything, live
+    if message["type"] == "websocket.disconnect":
+        raise WebSocketDisconnect(message.get("code", 1000))
+    # A text frame, or a binary one holding UTF-8 JSON; anything else is a bad subscription.
+    raw = message.get("text") if message.get("text") is not None else message.get("bytes")
     try:
-        msg = json.loads(text)
-    except json.JSONDecodeError:
+        msg = json.loads(raw or "")
+    except ValueError:  # JSONDecodeError, UnicodeDecodeError
         raise _BadSubscription("first message must be JSON {topics, since}") from None
     if not isinstance(msg, dict):
         raise _BadSubscription("first message must be a JSON object {topics, since}")
@@ -242,15 +246,13 @@ async def subscribe_sse(
         raise HTTPException(400, str(exc)) from None
     except _BadSubscription as exc:
         raise HTTPException(400, f"Last-Event-ID: {exc}") from None
-    sub = services.bus.subscribe(wanted, resume)
-    hello = {
-        "ok": True,
-        "subscribed": wanted or list(HOOK_SPECS),
-        "seq": services.bus.committed_seq,
-    }
     keepalive = services.settings.sse_keepalive_s
 
     async def frames() -> AsyncIterator[str]:
+        # Subscribed only once the stream runs: a response that never starts (the client left
+        # first) never iterates this generator, so a subscription made earlier would leak.
+        sub = services.bus.subscribe(wanted, resume)
+        hello = {"ok": True, "subscribed": wanted or list(HOOK_SPECS), "seq": sub.bus.committed_seq}
         pending: asyncio.Future[list[Any]] | None = None
         try:
             yield f"retry: 2000\nevent: hello\ndata: {json.dumps(hello)}\n\n"
