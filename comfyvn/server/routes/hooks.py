@@ -12,7 +12,7 @@ from fastapi import APIRouter, HTTPException, Query, Request, WebSocket, WebSock
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field, ValidationError
 
-from comfyvn.core.hook_bus import Gap, UnknownHookError, envelope_json
+from comfyvn.core.hook_bus import Gap, Subscription, UnknownHookError, envelope_json
 from comfyvn.core.hook_specs import HOOK_SPECS
 
 from ..bodies import parse_json_body, validation_detail
@@ -156,6 +156,13 @@ async def _read_subscription(ws: WebSocket) -> tuple[list[str] | None, int | Non
     return parse_topics(topics), _parse_since(msg.get("since"))
 
 
+def hello_seq(sub: Subscription, since: int | None) -> int:
+    """The latest seq, as the hello frame reports it. A live-only subscription reports exactly
+    where it starts, so a client that resumes from this seq can never skip an envelope that
+    committed between subscribing and the hello."""
+    return sub.cursor if since is None else sub.bus.committed_seq
+
+
 @router.websocket("/ws")
 async def stream(ws: WebSocket) -> None:
     services: Services = ws.app.state.services
@@ -173,7 +180,7 @@ async def stream(ws: WebSocket) -> None:
         return
     subscribed = topics if topics is not None else list(HOOK_SPECS)
     try:
-        await ws.send_json({"ok": True, "subscribed": subscribed, "seq": bus.committed_seq})
+        await ws.send_json({"ok": True, "subscribed": subscribed, "seq": hello_seq(sub, since)})
         await _pump(ws, sub, services.settings.ws_heartbeat_s)
     except (WebSocketDisconnect, RuntimeError, ConnectionError):
         pass
@@ -252,7 +259,8 @@ async def subscribe_sse(
         # Subscribed only once the stream runs: a response that never starts (the client left
         # first) never iterates this generator, so a subscription made earlier would leak.
         sub = services.bus.subscribe(wanted, resume)
-        hello = {"ok": True, "subscribed": wanted or list(HOOK_SPECS), "seq": sub.bus.committed_seq}
+        subscribed = wanted or list(HOOK_SPECS)
+        hello = {"ok": True, "subscribed": subscribed, "seq": hello_seq(sub, resume)}
         pending: asyncio.Future[list[Any]] | None = None
         try:
             yield f"retry: 2000\nevent: hello\ndata: {json.dumps(hello)}\n\n"
