@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from comfyvn.core.errors import RefusedError
+
 __all__ = [
     "AssetConflict",
     "AssetEmpty",
@@ -13,7 +15,7 @@ __all__ = [
 ]
 
 
-class AssetError(Exception):
+class AssetError(RefusedError):
     """Base class; ``status`` is the HTTP status for the API answer."""
 
     status = 400

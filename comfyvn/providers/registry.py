@@ -16,6 +16,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from comfyvn.core.errors import RefusedError
+
 from .files import read_json, write_json_atomic
 from .models import (
     QUOTA_KINDS,
@@ -44,12 +46,8 @@ CONFIG_FILE = "providers.json"
 SECRETS_FILE = "provider_secrets.json"
 
 
-class RegistryError(Exception):
+class RegistryError(RefusedError):
     status = 400
-
-    def __init__(self, detail: Any) -> None:
-        super().__init__(str(detail))
-        self.detail = detail
 
 
 class NotFound(RegistryError):

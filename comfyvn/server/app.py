@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 from comfyvn import __version__
 from comfyvn.assets.component import start_assets
 from comfyvn.core import modder_hooks
+from comfyvn.core.errors import RefusedError
 from comfyvn.core.event_log import RetentionPolicy, SQLiteEventLog
 from comfyvn.core.hook_bus import HookBus
 from comfyvn.core.settings import Settings, ensure_token, prepare_data_dir
@@ -84,6 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         allowed_origins=settings.allowed_origins,
     )
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(RefusedError, _refused)
     app.add_exception_handler(OSError, _storage_error)
     app.add_exception_handler(sqlite3.OperationalError, _storage_error)
 
@@ -130,6 +132,12 @@ def _start_plugin_host(services: Services, stack: AsyncExitStack) -> None:
 def _close_bus(bus: HookBus) -> None:
     modder_hooks.set_current_bus(None)
     bus.close()
+
+
+async def _refused(request: Request, exc: Exception) -> JSONResponse:
+    """A component refused the request: its own status and detail, the same for every route."""
+    assert isinstance(exc, RefusedError)
+    return JSONResponse({"detail": exc.detail}, status_code=exc.status)
 
 
 async def _storage_error(request: Request, exc: Exception) -> JSONResponse:

@@ -17,6 +17,7 @@ from collections.abc import Coroutine
 from contextlib import AsyncExitStack
 from typing import Any, TypeVar
 
+from comfyvn.core.errors import RefusedError
 from comfyvn.core.hook_bus import HookBus
 from comfyvn.core.hook_specs import HOOK_SPECS
 
@@ -42,13 +43,11 @@ log = logging.getLogger("comfyvn.webhooks")
 T = TypeVar("T")
 
 
-class WebhookError(Exception):
+class WebhookError(RefusedError):
     """A refused operator request; ``status`` is the HTTP status to answer with."""
 
     def __init__(self, status: int, detail: str) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
+        super().__init__(detail, status)
 
 
 def normalize_events(events: list[str]) -> tuple[str, ...]:

@@ -14,7 +14,7 @@ from fastapi import APIRouter, HTTPException, Path, Query, Request
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from comfyvn.assets.errors import AssetError, AssetInputError
+from comfyvn.assets.errors import AssetInputError
 from comfyvn.assets.paths import validate_type
 from comfyvn.assets.registry import MAX_OFFSET, MAX_PAGE, AssetRegistry, Change
 from comfyvn.assets.upload import read_upload
@@ -132,11 +132,8 @@ def _registry(request: Request) -> AssetRegistry:
 
 
 async def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
-    """Run registry work off the loop; registry errors become their 4xx."""
-    try:
-        return await asyncio.to_thread(fn, *args, **kwargs)
-    except AssetError as exc:
-        raise HTTPException(exc.status, str(exc)) from None
+    """Run registry work off the loop (an AssetError answers with its own status)."""
+    return await asyncio.to_thread(fn, *args, **kwargs)
 
 
 async def _committed(request: Request, change: Change) -> None:
@@ -206,16 +203,13 @@ async def _upload(request: Request, registry: AssetRegistry, content_type: str) 
         raise HTTPException(
             413, f"upload is {declared} bytes; the asset size limit is {limit} bytes"
         )
-    try:
-        form = await read_upload(
-            request.stream(),
-            content_type,
-            registry.staging_writer,
-            max_bytes=limit,
-            max_field_bytes=registry.config.max_meta_bytes,
-        )
-    except AssetError as exc:
-        raise HTTPException(exc.status, str(exc)) from None
+    form = await read_upload(
+        request.stream(),
+        content_type,
+        registry.staging_writer,
+        max_bytes=limit,
+        max_field_bytes=registry.config.max_meta_bytes,
+    )
     try:
         if form.staged is None:
             raise _field_error("file", "multipart field 'file' is required", "missing")

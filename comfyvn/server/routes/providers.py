@@ -12,7 +12,6 @@ from fastapi.routing import APIRoute
 
 from comfyvn.providers.component import Providers
 from comfyvn.providers.models import KINDS, QUOTA_KINDS, ProviderCreate, ProviderUpdate, Thresholds
-from comfyvn.providers.registry import RegistryError
 
 from ..bodies import read_limited_body
 from ..errors import error_responses
@@ -55,10 +54,6 @@ def _providers(request: Request) -> Providers:
     if providers is None:
         raise HTTPException(503, "the provider registry is not running")
     return providers
-
-
-def _raise(exc: RegistryError) -> HTTPException:
-    return HTTPException(exc.status, exc.detail)
 
 
 def _select(providers: Providers, raw_ids: list[str] | None) -> list[Any]:
@@ -105,10 +100,7 @@ async def list_providers(request: Request) -> dict[str, Any]:
 )
 async def create_provider(request: Request, body: ProviderCreate) -> dict[str, Any]:
     registry = _providers(request).registry
-    try:
-        spec = await registry.create(body)
-    except RegistryError as exc:
-        raise _raise(exc) from None
+    spec = await registry.create(body)
     return {"ok": True, "provider": registry.describe(spec)}
 
 
@@ -158,10 +150,7 @@ async def quota(
     provider_id: Annotated[str, Query(alias="id", description="Provider id")],
 ) -> dict[str, Any]:
     providers = _providers(request)
-    try:
-        spec = providers.registry.get(provider_id)
-    except RegistryError as exc:
-        raise _raise(exc) from None
+    spec = providers.registry.get(provider_id)
     if spec.kind not in QUOTA_KINDS:
         return {
             "ok": True,
@@ -190,10 +179,7 @@ async def quota(
 @router.get("/{provider_id}", summary="One provider, masked", responses=_ERRORS)
 async def get_provider(request: Request, provider_id: str) -> dict[str, Any]:
     registry = _providers(request).registry
-    try:
-        return {"ok": True, "provider": registry.describe(registry.get(provider_id))}
-    except RegistryError as exc:
-        raise _raise(exc) from None
+    return {"ok": True, "provider": registry.describe(registry.get(provider_id))}
 
 
 @router.put(
@@ -203,10 +189,7 @@ async def get_provider(request: Request, provider_id: str) -> dict[str, Any]:
 )
 async def update_provider(request: Request, provider_id: str, body: ProviderUpdate) -> dict:
     registry = _providers(request).registry
-    try:
-        spec = await registry.update(provider_id, body)
-    except RegistryError as exc:
-        raise _raise(exc) from None
+    spec = await registry.update(provider_id, body)
     return {"ok": True, "provider": registry.describe(spec)}
 
 
@@ -217,9 +200,6 @@ async def update_provider(request: Request, provider_id: str, body: ProviderUpda
 )
 async def delete_provider(request: Request, provider_id: str) -> dict[str, Any]:
     providers = _providers(request)
-    try:
-        await providers.registry.delete(provider_id)
-    except RegistryError as exc:
-        raise _raise(exc) from None
+    await providers.registry.delete(provider_id)
     providers.health.forget(provider_id)
     return {"ok": True, "deleted": provider_id}

@@ -11,7 +11,7 @@ from typing import Annotated, Any, TypeVar
 from fastapi import APIRouter, HTTPException, Path, Query, Request
 from pydantic import BaseModel
 
-from comfyvn.webhooks.manager import WebhookError, WebhookManager
+from comfyvn.webhooks.manager import WebhookManager
 from comfyvn.webhooks.models import (
     Attempt,
     Delivery,
@@ -65,10 +65,6 @@ async def _body(request: Request, model: type[B], *, required: bool = True) -> B
     return await parse_json_body(request, model, limit=MAX_BODY_BYTES, required=required)
 
 
-def _fail(exc: WebhookError) -> HTTPException:
-    return HTTPException(exc.status, exc.detail)
-
-
 def _with_secret(sub: Subscription) -> dict[str, Any]:
     """The one place a secret is shown: right after create or rotate."""
     return {**sub.masked(), "secret": sub.secret}
@@ -99,10 +95,7 @@ async def list_webhooks(request: Request) -> dict[str, Any]:
 async def create_webhook(request: Request) -> dict[str, Any]:
     manager = _manager(request)
     body = await _body(request, WebhookCreate)
-    try:
-        sub = await manager.create(body)
-    except WebhookError as exc:
-        raise _fail(exc) from None
+    sub = await manager.create(body)
     return {
         "ok": True,
         "webhook": _with_secret(sub),
@@ -120,10 +113,7 @@ async def create_webhook(request: Request) -> dict[str, Any]:
 async def delete_by_url(request: Request) -> dict[str, Any]:
     manager = _manager(request)
     body = await _body(request, WebhookDeleteByUrl)
-    try:
-        result = await manager.delete_by_url(body.event, body.url)
-    except WebhookError as exc:
-        raise _fail(exc) from None
+    result = await manager.delete_by_url(body.event, body.url)
     return {"ok": True, **result}
 
 
@@ -135,11 +125,8 @@ async def delete_by_url(request: Request) -> dict[str, Any]:
 )
 async def get_webhook(request: Request, webhook_id: str) -> dict[str, Any]:
     manager = _manager(request)
-    try:
-        sub = manager.get(webhook_id)
-        counts = await asyncio.to_thread(manager.counts, webhook_id)
-    except WebhookError as exc:
-        raise _fail(exc) from None
+    sub = manager.get(webhook_id)
+    counts = await asyncio.to_thread(manager.counts, webhook_id)
     return {"ok": True, "webhook": sub.masked(), "deliveries": counts}
 
 
@@ -153,10 +140,7 @@ async def get_webhook(request: Request, webhook_id: str) -> dict[str, Any]:
 async def patch_webhook(request: Request, webhook_id: str) -> dict[str, Any]:
     manager = _manager(request)
     body = await _body(request, WebhookPatch)
-    try:
-        sub = await manager.update(webhook_id, body)
-    except WebhookError as exc:
-        raise _fail(exc) from None
+    sub = await manager.update(webhook_id, body)
     return {"ok": True, "webhook": sub.masked()}
 
 
@@ -168,10 +152,7 @@ async def patch_webhook(request: Request, webhook_id: str) -> dict[str, Any]:
 )
 async def delete_webhook(request: Request, webhook_id: str) -> dict[str, Any]:
     manager = _manager(request)
-    try:
-        await manager.delete(webhook_id)
-    except WebhookError as exc:
-        raise _fail(exc) from None
+    await manager.delete(webhook_id)
     return {"ok": True, "deleted": [webhook_id], "updated": []}
 
 
@@ -185,10 +166,7 @@ async def delete_webhook(request: Request, webhook_id: str) -> dict[str, Any]:
 async def rotate_secret(request: Request, webhook_id: str) -> dict[str, Any]:
     manager = _manager(request)
     body = await _body(request, RotateSecretRequest, required=False)
-    try:
-        sub = await manager.rotate(webhook_id, body)
-    except WebhookError as exc:
-        raise _fail(exc) from None
+    sub = await manager.rotate(webhook_id, body)
     return {"ok": True, "webhook": _with_secret(sub)}
 
 
@@ -208,10 +186,7 @@ async def list_deliveries(
     ] = None,
 ) -> dict[str, Any]:
     manager = _manager(request)
-    try:
-        items = await asyncio.to_thread(manager.deliveries, webhook_id, status, limit, before)
-    except WebhookError as exc:
-        raise _fail(exc) from None
+    items = await asyncio.to_thread(manager.deliveries, webhook_id, status, limit, before)
     return {
         "ok": True,
         "items": [d.to_dict() for d in items],
@@ -229,10 +204,7 @@ async def get_delivery(
     request: Request, webhook_id: str, delivery_id: DeliveryId
 ) -> dict[str, Any]:
     manager = _manager(request)
-    try:
-        delivery, attempts = await asyncio.to_thread(manager.delivery, webhook_id, delivery_id)
-    except WebhookError as exc:
-        raise _fail(exc) from None
+    delivery, attempts = await asyncio.to_thread(manager.delivery, webhook_id, delivery_id)
     return {
         "ok": True,
         "delivery": delivery.to_dict(envelope=True),
@@ -248,10 +220,7 @@ async def get_delivery(
 )
 async def redeliver(request: Request, webhook_id: str, delivery_id: DeliveryId) -> dict[str, Any]:
     manager = _manager(request)
-    try:
-        delivery, attempt = await manager.redeliver(webhook_id, delivery_id)
-    except WebhookError as exc:
-        raise _fail(exc) from None
+    delivery, attempt = await manager.redeliver(webhook_id, delivery_id)
     return _sent(delivery, attempt)
 
 
@@ -263,8 +232,5 @@ async def redeliver(request: Request, webhook_id: str, delivery_id: DeliveryId) 
 )
 async def ping(request: Request, webhook_id: str) -> dict[str, Any]:
     manager = _manager(request)
-    try:
-        delivery, attempt = await manager.ping(webhook_id)
-    except WebhookError as exc:
-        raise _fail(exc) from None
+    delivery, attempt = await manager.ping(webhook_id)
     return _sent(delivery, attempt)
