@@ -21,6 +21,7 @@ __all__ = [
     "first_non_finite",
     "get_path",
     "json_copy",
+    "json_kind",
     "non_finite",
     "valid_path",
 ]
@@ -123,7 +124,7 @@ def apply_action(action: Action, variables: dict[str, Any]) -> None:
             where = ".".join(parts[: depth + 1])
             raise ScenarioRuntimeError(
                 f"cannot {action.type} {action.key!r}: {where!r} is a "
-                f"{_type_name(child)}, not an object"
+                f"{json_kind(child)}, not an object"
             )
         parent = child
     leaf = parts[-1]
@@ -136,7 +137,7 @@ def apply_action(action: Action, variables: dict[str, Any]) -> None:
         current = parent.get(leaf, 0)
         if not _is_number(current):
             raise ScenarioRuntimeError(
-                f"cannot {action.type} {action.key!r}: its value is a {_type_name(current)}, "
+                f"cannot {action.type} {action.key!r}: its value is a {json_kind(current)}, "
                 "not a number"
             )
         result = current + amount if action.type == "increment" else current - amount
@@ -148,15 +149,18 @@ def apply_action(action: Action, variables: dict[str, Any]) -> None:
         parent[leaf] = result
 
 
-def _type_name(value: Any) -> str:
+def json_kind(value: Any) -> str:
+    """The JSON kind of a value, as error messages name it ("boolean", "list", "object"...)."""
     if value is None:
         return "null"
     if isinstance(value, bool):
         return "boolean"
+    if isinstance(value, int | float):
+        return "number"
     if isinstance(value, str):
         return "string"
     if isinstance(value, list):
         return "list"
     if isinstance(value, dict):
         return "object"
-    return "number"
+    return type(value).__name__

@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from .errors import SceneInvalid, ValidationIssue
-from .logic import non_finite, valid_path
+from .logic import json_kind, non_finite, valid_path
 from .model import OPERATORS, Choice, Node, Scene, SceneMetadata
 
 __all__ = ["ValidationReport", "load_scene", "validate_scene"]
@@ -377,19 +377,11 @@ def _bad_path(key: str) -> str:
 
 
 def _kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
+    """``json_kind`` with its article: "a list", "an object", "null"."""
+    kind = json_kind(value)
+    if kind == "null":
+        return kind
+    return f"an {kind}" if kind == "object" else f"a {kind}"
 
 
 def _join(path: str, *parts: str | int) -> str:
