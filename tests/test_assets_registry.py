@@ -403,10 +403,10 @@ def test_demo_assets_are_valid_pngs_and_load_once(env: Env) -> None:
     assert len(env.new_events()) == 3 * len(DEMO_ASSETS)
 
 
-def test_written_files_are_not_world_writable(env: Env) -> None:
+def test_written_files_are_private(env: Env) -> None:
     rec = env.registry.register_bytes(b"mode", "t").record
     for rel in (rec.path, rec.sidecar):
-        assert os.stat(env.root / rel).st_mode & 0o777 == 0o644
+        assert os.stat(env.root / rel).st_mode & 0o777 == 0o600
 
 
 # -- nothing leaves the root, and a failed write leaves sidecar and row in agreement -------------

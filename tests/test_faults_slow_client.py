@@ -81,8 +81,15 @@ async def scenario(server: ServerProcess) -> dict:
     }
 
 
-def test_stalled_websocket_client_is_bounded_and_loses_nothing(server: ServerProcess) -> None:
-    result = asyncio.run(scenario(server))
+def test_stalled_websocket_client_is_bounded_and_loses_nothing(data_dir: Path) -> None:
+    # A client that pauses for 30 s and then reads again is slow, not stuck: the send timeout
+    # and the protocol pings (which would close it, see test_ws_stuck_reader.py) are set wider.
+    env = {"COMFYVN_SEND_TIMEOUT_S": "300", "COMFYVN_WS_PING": "300"}
+    server = ServerProcess(data_dir, env=env).start()
+    try:
+        result = asyncio.run(scenario(server))
+    finally:
+        server.stop()
     expected = list(range(1, EVENTS + 1))
     assert result["healthy"] == expected  # the healthy client got everything, live
     assert result["stalled"] == expected  # the stalled one too, afterwards (no gap needed)

@@ -151,11 +151,19 @@ def test_formatting_shows_hints_never_values() -> None:
         "secrets": {
             "api_key": {"set": True, "source": "value", "hint": "****abcd"},
             "org": {"set": True, "source": "env", "env": "OA_ORG", "resolved": False},
+            "old": {
+                "set": True,
+                "source": "env",
+                "env": "PATH",
+                "resolved": False,
+                "refused": "not a COMFYVN_SECRET_* variable",
+            },
         },
     }
     rows = dict(masked_config_lines(provider))
     assert rows["secrets.api_key"] == "****abcd"
     assert rows["secrets.org"] == "from $OA_ORG (NOT set in the server's environment)"
+    assert rows["secrets.old"] == "from $PATH (refused: not a COMFYVN_SECRET_* variable)"
     assert json.dumps(rows).count("****") == 1
     assert format_quota("http", None, supported=False) == "—"
     assert format_quota("comfyui", None, True, "red") == "unavailable"

@@ -38,7 +38,7 @@ def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     env = {
         "COMFYVN_PROVIDER_TIMEOUT": str(TIMEOUT_S),
         "COMFYVN_PROVIDER_HISTORY": str(HISTORY),
-        "RUNPOD_KEY_FROM_ENV": RUNPOD_KEY,
+        "COMFYVN_SECRET_RUNPOD_KEY": RUNPOD_KEY,
         "COMFYVN_PROVIDER_ALLOW_HOSTS": "127.0.0.1,*.allowed.invalid",
     }
     proc = ServerProcess(data_dir, env=env).start()
@@ -219,14 +219,14 @@ def test_runpod_without_key_is_red_without_a_request(
 
 def test_env_reference_resolved_and_unresolved(api: httpx.Client, fake: FakeProviders) -> None:
     url = fake.runpod("/runpod-env", balance=20)
-    good = add(api, "runpod", url, secrets={"api_key": "env:RUNPOD_KEY_FROM_ENV"})
+    good = add(api, "runpod", url, secrets={"api_key": "env:COMFYVN_SECRET_RUNPOD_KEY"})
     assert check(api, good)["status"] == "green"
     (seen,) = fake.requests_to("/runpod-env")
     assert seen.headers["Authorization"] == f"Bearer {RUNPOD_KEY}"
-    bad = add(api, "runpod", url, secrets={"api_key": "env:NOT_SET_ANYWHERE_1234"})
+    bad = add(api, "runpod", url, secrets={"api_key": "env:COMFYVN_SECRET_NOT_SET_1234"})
     result = check(api, bad)
     assert (result["status"], result["reason_code"]) == ("red", "secret_unresolved")
-    assert "NOT_SET_ANYWHERE_1234" in result["reason"]
+    assert "COMFYVN_SECRET_NOT_SET_1234" in result["reason"]
 
 
 # -- OpenAI-compatible ---------------------------------------------------------------------------

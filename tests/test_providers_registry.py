@@ -265,7 +265,7 @@ def test_masking_rules(api: httpx.Client, srv: ServerProcess) -> None:
             "api_key": LONG_SECRET,
             "short_one": SHORT_SECRET,
             "twelve": "abcdefgh1234",
-            "from_env": "env:COMFYVN_TEST_UNSET_VARIABLE",
+            "from_env": "env:COMFYVN_SECRET_TEST_UNSET_VARIABLE",
         },
     }
     response = api.post("/api/providers", json=body)
@@ -275,7 +275,7 @@ def test_masking_rules(api: httpx.Client, srv: ServerProcess) -> None:
         "from_env": {
             "set": True,
             "source": "env",
-            "env": "COMFYVN_TEST_UNSET_VARIABLE",
+            "env": "COMFYVN_SECRET_TEST_UNSET_VARIABLE",
             "resolved": False,
         },
         "short_one": {"set": True, "source": "value", "hint": None},

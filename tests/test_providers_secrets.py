@@ -65,7 +65,7 @@ def fake() -> Iterator[FakeProviders]:
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     data_dir: Path = tmp_path_factory.mktemp("providers-secrets")
-    env = {"COMFYVN_PROVIDER_TIMEOUT": "1", "LEAK_TEST_ENV_KEY": ENV_KEY}
+    env = {"COMFYVN_PROVIDER_TIMEOUT": "1", "COMFYVN_SECRET_LEAK_TEST": ENV_KEY}
     proc = ServerProcess(data_dir, env=env, extra_args=["--log-level", "DEBUG"]).start()
     yield proc
     proc.stop()
@@ -101,7 +101,7 @@ def test_no_secret_in_any_body_log_or_file(srv: ServerProcess, fake: FakeProvide
                 "id": "rp-env",
                 "kind": "runpod",
                 "base_url": fake.url + "/rp-ok/graphql",
-                "secrets": {"api_key": "env:LEAK_TEST_ENV_KEY"},
+                "secrets": {"api_key": "env:COMFYVN_SECRET_LEAK_TEST"},
             },
             {
                 "id": "oa-401",

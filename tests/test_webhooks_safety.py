@@ -9,9 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from comfyvn.net import AddressPolicy, RefusedAddress, guarded_transport
 from comfyvn.webhooks.config import ConfigError, WebhookConfig
-from comfyvn.webhooks.safety import UnsafeUrlError, UrlPolicy
-from comfyvn.webhooks.transport import guarded_transport
 
 from .support import ServerProcess
 from .test_webhooks_receiver import WEBHOOKS, Receiver, create, emit, wait_deliveries
@@ -26,35 +25,35 @@ def receiver() -> Iterator[Receiver]:
 
 # -- the policy on its own ---------------------------------------------------------------------
 def test_policy_lists() -> None:
-    deny = UrlPolicy(deny_hosts=["evil.example", "*.bad.example", "10.0.0.0/8"])
-    with pytest.raises(UnsafeUrlError, match="DENY"):
+    deny = AddressPolicy(deny_hosts=["evil.example", "*.bad.example", "10.0.0.0/8"])
+    with pytest.raises(RefusedAddress, match="DENY"):
         deny.check_url("https://evil.example/hook")
-    with pytest.raises(UnsafeUrlError, match="DENY"):
+    with pytest.raises(RefusedAddress, match="DENY"):
         deny.check_url("https://api.bad.example/hook")
-    with pytest.raises(UnsafeUrlError, match="DENY"):
+    with pytest.raises(RefusedAddress, match="DENY"):
         deny.check_url("http://10.1.2.3:8080/hook")
-    with pytest.raises(UnsafeUrlError, match="DENY"):
+    with pytest.raises(RefusedAddress, match="DENY"):
         deny.check_addresses("sneaky.example", ["10.9.9.9"])
     deny.check_url("https://good.example/hook")
 
-    allow = UrlPolicy(allow_hosts=["hooks.example", "192.168.1.0/24"])
+    allow = AddressPolicy(allow_hosts=["hooks.example", "192.168.1.0/24"])
     allow.check_url("https://hooks.example/x")
     allow.check_url("http://192.168.1.20/x")
     allow.check_addresses("hooks.example", ["203.0.113.7"])  # allowed by name
     allow.check_addresses("lan.example", ["192.168.1.9"])  # allowed by address
     allow.check_addresses("lan.example", ["::ffff:192.168.1.9"])  # ...in any IPv6 form
-    with pytest.raises(UnsafeUrlError, match="ALLOW"):
+    with pytest.raises(RefusedAddress, match="ALLOW"):
         allow.check_url("http://127.0.0.1/x")
-    with pytest.raises(UnsafeUrlError, match="ALLOW"):
+    with pytest.raises(RefusedAddress, match="ALLOW"):
         allow.check_addresses("other.example", ["203.0.113.7"])
     # The allow list never re-admits what is always refused.
-    with pytest.raises(UnsafeUrlError, match="metadata"):
-        UrlPolicy(allow_hosts=["169.254.0.0/16"]).check_url("http://169.254.169.254/")
+    with pytest.raises(RefusedAddress, match="metadata"):
+        AddressPolicy(allow_hosts=["169.254.0.0/16"]).check_url("http://169.254.169.254/")
 
-    no_loopback = UrlPolicy(allow_loopback=False)
-    with pytest.raises(UnsafeUrlError, match="loopback"):
+    no_loopback = AddressPolicy(allow_loopback=False)
+    with pytest.raises(RefusedAddress, match="loopback"):
         no_loopback.check_url("http://[::1]:8000/")
-    with pytest.raises(UnsafeUrlError, match="loopback"):
+    with pytest.raises(RefusedAddress, match="loopback"):
         no_loopback.check_addresses("localhost", ["127.0.0.1"])
 
 
@@ -76,10 +75,10 @@ def test_policy_lists() -> None:
 def test_ipv6_forms_of_a_refused_ipv4_address_are_refused(address: str, message: str) -> None:
     """On a NAT64 or 6to4 network these IPv6 addresses reach the IPv4 address they embed, so
     each is judged as that address too (literal in the URL, or as a DNS answer)."""
-    policy = UrlPolicy(deny_hosts=["10.0.0.0/8"], allow_loopback=False)
-    with pytest.raises(UnsafeUrlError, match=message):
+    policy = AddressPolicy(deny_hosts=["10.0.0.0/8"], allow_loopback=False)
+    with pytest.raises(RefusedAddress, match=message):
         policy.check_url(f"http://[{address}]:8080/hook")
-    with pytest.raises(UnsafeUrlError, match=message):
+    with pytest.raises(RefusedAddress, match=message):
         policy.check_addresses("rebound.example", [address])
     # Ordinary global IPv6 addresses (and the unembedded :: forms) still pass.
     policy.check_addresses("v6.example", ["2001:db8::1", "2606:4700::6810:84e5", "::2"])
@@ -104,7 +103,7 @@ def test_config_from_env() -> None:
             WebhookConfig.from_env({name: value})
 
 
-class _FixedDns(UrlPolicy):
+class _FixedDns(AddressPolicy):
     """A policy whose DNS answers are fixed, standing in for a name that changed its records."""
 
     def __init__(self, answers: dict[str, list[str]]) -> None:
@@ -115,7 +114,7 @@ class _FixedDns(UrlPolicy):
         return self.answers[host]
 
 
-def _post_through_guard(policy: UrlPolicy, url: str) -> httpx.Response:
+def _post_through_guard(policy: AddressPolicy, url: str) -> httpx.Response:
     async def run() -> httpx.Response:
         transport = guarded_transport(policy, httpx.Limits(max_connections=2))
         async with httpx.AsyncClient(transport=transport, timeout=5) as client:
@@ -127,11 +126,11 @@ def _post_through_guard(policy: UrlPolicy, url: str) -> httpx.Response:
 def test_connect_time_check_uses_the_addresses_it_connects_to(receiver: Receiver) -> None:
     # A name that passed at subscription time but now resolves to the metadata service.
     rebound = _FixedDns({"hooks.example": ["169.254.169.254"]})
-    with pytest.raises(UnsafeUrlError, match="metadata"):
+    with pytest.raises(RefusedAddress, match="metadata"):
         _post_through_guard(rebound, "http://hooks.example/x")
     # A refused address anywhere in the answer refuses the host.
     mixed = _FixedDns({"hooks.example": ["127.0.0.1", "fe80::1"]})
-    with pytest.raises(UnsafeUrlError, match="link-local"):
+    with pytest.raises(RefusedAddress, match="link-local"):
         _post_through_guard(mixed, f"http://hooks.example:{receiver.port}/guard")
     # A safe answer connects to the checked address; an address that refuses the connection
     # is skipped for the next one. The Host header keeps the name.

@@ -34,7 +34,7 @@ __all__ = [
 
 log = logging.getLogger("comfyvn.assets")
 
-FILE_MODE = 0o644
+FILE_MODE = 0o600  # assets are private to the server user, like the rest of the data dir
 CHUNK = 1024 * 1024
 
 

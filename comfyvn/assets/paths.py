@@ -12,6 +12,7 @@ __all__ = [
     "SIDECAR_SUFFIX",
     "STAGING_DIR",
     "bucket_dir",
+    "check_path_length",
     "checked_target",
     "relative",
     "resolve_inside",
@@ -23,6 +24,10 @@ __all__ = [
 
 SIDECAR_SUFFIX = ".asset.json"
 STAGING_DIR = ".staging"
+# What Linux and macOS accept; beyond this the OS answers ENAMETOOLONG, which is the client's
+# input, not the server's storage failing.
+MAX_NAME_BYTES = 255
+MAX_PATH_BYTES = 4096
 MAX_TYPE_LENGTH = 128
 _TYPE_RE = re.compile(r"[a-z0-9][a-z0-9_-]*(?:\.[a-z0-9][a-z0-9_-]*)*")
 _STEM_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
@@ -87,6 +92,21 @@ def relative(root: Path, path: Path) -> str:
     return path.relative_to(root).as_posix()
 
 
+def check_path_length(text: str) -> None:
+    """Refuse a path the OS would refuse for its length, naming the part that is too long."""
+    encoded = text.encode("utf-8", "surrogateescape")
+    if len(encoded) > MAX_PATH_BYTES:
+        raise AssetPathError(f"path is {len(encoded)} bytes long; the limit is {MAX_PATH_BYTES}")
+    for part in PurePosixPath(text.replace("\\", "/")).parts:
+        size = len(part.encode("utf-8", "surrogateescape"))
+        if size > MAX_NAME_BYTES:
+            shown = part[:32] + "..."
+            raise AssetPathError(
+                f"path part {shown!r} is {size} bytes long; a file or folder name is limited to "
+                f"{MAX_NAME_BYTES} bytes"
+            )
+
+
 def resolve_inside(root: Path, raw: str | Path) -> Path:
     """The real path of an existing regular file under ``root``; anything else is refused.
 
@@ -98,6 +118,7 @@ def resolve_inside(root: Path, raw: str | Path) -> Path:
         raise AssetPathError("path is empty; name a file under the assets root")
     if "\x00" in text:
         raise AssetPathError("path contains a NUL byte")
+    check_path_length(text)
     candidate = Path(text)
     if ".." in candidate.parts:
         raise AssetPathError(f"path {text!r} must not contain '..'")

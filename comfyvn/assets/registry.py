@@ -21,6 +21,7 @@ from typing import Any
 
 from comfyvn.core import modder_hooks
 from comfyvn.core.hook_bus import Emitted, HookBus
+from comfyvn.core.json_input import JsonInputError, check_json_value
 
 from .config import AssetConfig
 from .errors import (
@@ -110,6 +111,10 @@ def validate_meta(meta: Any, max_bytes: int, *, what: str = "meta") -> dict[str,
         return {}
     if not isinstance(meta, dict):
         raise AssetInputError(f"{what} must be a JSON object, got {type(meta).__name__}")
+    try:
+        check_json_value(meta, what=what)
+    except JsonInputError as exc:
+        raise AssetInputError(str(exc)) from None
     try:
         text = json.dumps(meta, allow_nan=False, ensure_ascii=False)
     except (TypeError, ValueError) as exc:

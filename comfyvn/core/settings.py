@@ -11,7 +11,7 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .env import EnvError, env_flag, env_number
+from .env import EnvError, env_flag, env_lists, env_names, env_number
 
 __all__ = [
     "DataDirError",
@@ -19,6 +19,7 @@ __all__ = [
     "Settings",
     "ensure_token",
     "env_flag",
+    "make_private",
     "prepare_data_dir",
     "read_token",
 ]
@@ -57,11 +58,36 @@ class Settings:
             if o.strip()
         )
     )
+    # The outbound address policy (comfyvn.net) for every request the server makes: entries by
+    # the variable that set them, so a refusal names it. The webhook names are kept as aliases.
+    outbound_allow: dict[str, tuple[str, ...]] = field(
+        default_factory=lambda: env_lists("COMFYVN_OUTBOUND_ALLOW", "COMFYVN_WEBHOOK_ALLOW_HOSTS")
+    )
+    outbound_deny: dict[str, tuple[str, ...]] = field(
+        default_factory=lambda: env_lists("COMFYVN_OUTBOUND_DENY", "COMFYVN_WEBHOOK_DENY_HOSTS")
+    )
+    outbound_allow_loopback: bool = field(
+        default_factory=lambda: env_flag("COMFYVN_WEBHOOK_ALLOW_LOOPBACK", True)
+    )
+    # Variables besides COMFYVN_SECRET_* that a provider's ``env:NAME`` secret may name. Parsed
+    # here so a malformed list stops start-up with its name; the provider registry reads the
+    # same variable through the same parser each time it checks a reference.
+    secret_env_allow: tuple[str, ...] = field(
+        default_factory=lambda: env_names("COMFYVN_SECRET_ENV_ALLOW")
+    )
     ws_heartbeat_s: float = field(
         default_factory=lambda: env_number("COMFYVN_WS_HEARTBEAT", 20.0, minimum=0.01)
     )
     sse_keepalive_s: float = field(
         default_factory=lambda: env_number("COMFYVN_SSE_KEEPALIVE", 15.0, minimum=0.01)
+    )
+    send_timeout_s: float = field(
+        # a stream client whose socket accepts nothing for this long is dropped (it may resume)
+        default_factory=lambda: env_number("COMFYVN_SEND_TIMEOUT_S", 30.0, minimum=0.01)
+    )
+    ws_ping_s: float = field(
+        # protocol-level pings; a peer that answers none within the same time is closed
+        default_factory=lambda: env_number("COMFYVN_WS_PING", 20.0, minimum=0.01)
     )
     history_max_events: int | None = field(
         # 0 turns the bound off
@@ -100,19 +126,39 @@ class DataDirError(OSError):
 
 
 def prepare_data_dir(path: Path) -> None:
-    """Create the data dir and prove it is writable before anything is started on it."""
+    """Create the data dir (0700) and prove it is writable before anything is started on it.
+
+    A data dir left readable by others (an older version, a hand-made folder) is made private
+    once, with every file in it: it holds the API token, provider config and the event log."""
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
         raise DataDirError(f"cannot create data dir {path}: {exc.strerror or exc}") from None
     if not path.is_dir():
         raise DataDirError(f"data dir {path} exists but is not a directory")
+    make_private(path)
     probe = path / ".write-probe"
     try:
         probe.write_bytes(b"ok")
         probe.unlink()
     except OSError as exc:
         raise DataDirError(f"data dir {path} is not writable: {exc.strerror or exc}") from None
+
+
+def make_private(path: Path) -> None:
+    """Directories 0700, files 0600, under ``path``; only walks when ``path`` itself is loose."""
+    try:
+        if path.stat().st_mode & 0o077 == 0:
+            return
+        for folder, _dirs, files in os.walk(path):
+            os.chmod(folder, 0o700)
+            for name in files:
+                file = os.path.join(folder, name)
+                if not os.path.islink(file):
+                    os.chmod(file, os.stat(file).st_mode & 0o700)
+    except OSError as exc:
+        raise DataDirError(f"cannot make data dir {path} private: {exc.strerror or exc}") from None
+    log.info("data dir %s was readable by others; made it 0700 (files 0600)", path)
 
 
 def read_token(data_dir: Path) -> str | None:

@@ -113,7 +113,12 @@ def masked_config_lines(provider: dict[str, Any]) -> list[tuple[str, str]]:
     for name, masked in sorted(secrets.items()):
         if isinstance(masked, dict) and masked.get("set"):
             if masked.get("source") == "env":
-                state = "set" if masked.get("resolved") else "NOT set in the server's environment"
+                if masked.get("refused"):
+                    state = f"refused: {masked['refused']}"
+                elif masked.get("resolved"):
+                    state = "set"
+                else:
+                    state = "NOT set in the server's environment"
                 text = f"from ${masked.get('env')} ({state})"
             else:
                 text = masked.get("hint") or "set (too short for a hint)"

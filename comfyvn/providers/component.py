@@ -41,7 +41,7 @@ class Providers:
 async def start_providers(services: Any, stack: AsyncExitStack) -> Providers:
     settings = ProviderSettings.from_env()
     data_dir = services.settings.data_dir
-    registry = ProviderRegistry(data_dir)
+    registry = ProviderRegistry(data_dir, policy=services.outbound)
     await asyncio.to_thread(registry.load)
     if services.settings.demo and not registry.exists:
         # Only a data dir that never had a registry gets the demo; a user's is never touched.

@@ -8,10 +8,13 @@ import os
 from pathlib import Path
 from typing import Any
 
+from comfyvn.core.json_input import FILE_LIMITS, JsonInputError
+from comfyvn.core.json_input import read_json as read_guarded_json
+
 __all__ = ["read_json", "write_json_atomic"]
 
 
-def write_json_atomic(path: Path, data: Any, mode: int = 0o644) -> None:
+def write_json_atomic(path: Path, data: Any, mode: int = 0o600) -> None:
     """Write to a sibling temp file created with ``mode`` (so a secret file is never readable
     by others, not even for a moment), fsync it, then rename it over ``path``."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -44,6 +47,6 @@ def read_json(path: Path) -> Any:
     except FileNotFoundError:
         return None
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path.name} is not valid JSON (line {exc.lineno}): {exc.msg}") from None
+        return read_guarded_json(text, FILE_LIMITS, what=path.name)
+    except JsonInputError as exc:
+        raise ValueError(str(exc)) from None

@@ -17,13 +17,15 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from comfyvn.net import GuardedTransport, RefusedAddress
+
 from .adapters import adapter_class
 from .adapters.base import Outcome, describe_exception
 from .config import ProviderSettings
 from .files import read_json, write_json_atomic
 from .models import CheckResult, ProviderSpec, Thresholds
 from .registry import ProviderRegistry
-from .secrets import Scrubber
+from .secrets import ERROR_CHARS, REASON_CHARS, Scrubber
 
 __all__ = ["Check", "HealthService"]
 
@@ -51,14 +53,18 @@ class HealthService:
 
     async def start(self) -> None:
         timeout = self.settings.timeout_s
+        # Fresh connections: latency includes connecting, and a pooled connection the
+        # provider closed while idle can never turn a healthy provider red.
+        limits = httpx.Limits(
+            max_connections=self.settings.concurrency * 2, max_keepalive_connections=0
+        )
         self._client = httpx.AsyncClient(
+            # Every connection is vetted by the server's outbound address policy (comfyvn.net),
+            # on the addresses the socket really connects to; no proxy from the environment.
+            transport=GuardedTransport(self.registry.policy, limits),
+            trust_env=False,
             timeout=httpx.Timeout(timeout),
             follow_redirects=False,  # a redirect could carry our Authorization header elsewhere
-            # Fresh connections: latency includes connecting, and a pooled connection the
-            # provider closed while idle can never turn a healthy provider red.
-            limits=httpx.Limits(
-                max_connections=self.settings.concurrency * 2, max_keepalive_connections=0
-            ),
             headers={"User-Agent": "comfyvn-provider-check"},
         )
         self._sem = asyncio.Semaphore(self.settings.concurrency)
@@ -90,6 +96,18 @@ class HealthService:
         if not spec.enabled:
             return Check(self._result(spec, Outcome("gray", "disabled", "disabled"), None))
         secrets = self.registry.secrets.resolve(spec.id)
+        if secrets.refused:
+            refused = "; ".join(
+                f"secrets.{name}: {why}" for name, why in sorted(secrets.refused.items())
+            )
+            # Unresolved like an unset variable, but never read: the reason names the rule.
+            outcome = Outcome(
+                "red",
+                "secret_unresolved",
+                f"secret reference refused, not resolved: {refused}",
+                error=f"refused env reference: {refused}",
+            )
+            return Check(self._result(spec, outcome, None))
         if secrets.unresolved:
             missing = ", ".join(
                 f"secrets.{name} -> ${var}" for name, var in sorted(secrets.unresolved.items())
@@ -101,6 +119,11 @@ class HealthService:
                 error=f"unresolved env reference: {missing}",
             )
             return Check(self._result(spec, outcome, None))
+        if spec.base_url:
+            try:  # stored before the rules changed (or by hand): never contacted
+                self.registry.policy.check_url(spec.base_url)
+            except RefusedAddress as exc:
+                return Check(self._result(spec, _refused(exc), None))
         host = urlsplit(spec.base_url).hostname if spec.base_url else None
         if spec.base_url and not self.settings.host_allowed(host):
             outcome = Outcome(
@@ -118,6 +141,8 @@ class HealthService:
             started = time.perf_counter()
             try:
                 outcome = await asyncio.wait_for(adapter.health(), timeout)
+            except RefusedAddress as exc:  # at connect time: the name now resolves elsewhere
+                outcome = _refused(exc)
             except Exception as exc:
                 outcome = describe_exception(exc, spec.base_url, timeout)
                 if outcome.reason_code == "internal_error":
@@ -131,9 +156,10 @@ class HealthService:
                 + outcome.reason
             )
         result = self._result(spec, outcome, latency_ms)
-        # Scrub everything that came from the network or an exception before anyone sees it.
-        result.reason = scrubber.text(result.reason)
-        result.error = scrubber.text(result.error) if result.error else None
+        # Scrub everything that came from the network or an exception before anyone sees it;
+        # texts are cut only here, after scrubbing (adapters never cut), so no key half remains.
+        result.reason = scrubber.clip(result.reason, REASON_CHARS)
+        result.error = scrubber.clip(result.error, ERROR_CHARS) if result.error else None
         result.details = scrubber.data(result.details)
         result.quota = scrubber.data(result.quota) if result.quota is not None else None
         raw = scrubber.data(outcome.raw) if outcome.raw is not None else None
@@ -236,3 +262,14 @@ class HealthService:
             log.warning("ignoring damaged %s: %s", self.status_path.name, exc)
             self._last.clear()
             self._history.clear()
+
+
+def _refused(exc: RefusedAddress) -> Outcome:
+    """Red without a request: the outbound address policy refused the provider's address."""
+    return Outcome(
+        "red",
+        "refused_address",
+        f"address refused by the outbound policy, not contacted: {exc}",
+        details={"rule": exc.rule},
+        error=f"refused: {exc}",
+    )

@@ -13,6 +13,8 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from comfyvn.core.env import EnvError, env_names
+
 __all__ = [
     "DEFAULT_BASE_URLS",
     "KINDS",
@@ -26,6 +28,7 @@ __all__ = [
     "Status",
     "ThresholdOverrides",
     "Thresholds",
+    "env_ref_refusal",
     "slugify",
 ]
 
@@ -52,6 +55,10 @@ DEFAULT_BASE_URLS: dict[str, str | None] = {
 SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 SECRET_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 ENV_REF_RE = re.compile(r"^env:([A-Za-z_][A-Za-z0-9_]{0,127})$")
+# ``env:NAME`` may only name variables meant for it: without the rule, ``env:PATH`` (or any
+# variable of the server) would be sent as a bearer token to whatever base_url the caller chose.
+SECRET_ENV_PREFIX = "COMFYVN_SECRET_"
+SECRET_ENV_ALLOW = "COMFYVN_SECRET_ENV_ALLOW"
 MAX_SECRET_CHARS = 4096
 # Config keys that look like credentials: they belong in ``secrets`` so they are never echoed.
 CREDENTIAL_KEYS = frozenset(
@@ -261,6 +268,30 @@ class _SecretsField(BaseModel):
         return value
 
 
+def env_ref_refusal(variable: str) -> str | None:
+    """Why the reference ``env:variable`` may not be resolved, or ``None`` when it may.
+
+    Checked before the environment is read, at creation and again at every resolution, so a
+    reference stored before the rule existed is never resolved either. The allow-list is read
+    at each call (it is a few names), so the rule is the same wherever it is applied."""
+    if variable.startswith(SECRET_ENV_PREFIX) and variable not in (
+        SECRET_ENV_PREFIX,
+        SECRET_ENV_ALLOW,
+    ):
+        return None
+    rule = (
+        f"secret references must name a variable {SECRET_ENV_PREFIX}* "
+        f"or one listed in {SECRET_ENV_ALLOW}"
+    )
+    try:
+        allowed = env_names(SECRET_ENV_ALLOW)
+    except EnvError as exc:
+        return f"env:{variable} is not allowed: {rule} ({exc})"
+    if variable in allowed and variable != SECRET_ENV_ALLOW:
+        return None
+    return f"env:{variable} is not allowed: {rule}"
+
+
 def _check_secret_value(name: str, value: str) -> None:
     """Messages name the secret, never its value or length."""
     if not value.strip():
@@ -269,8 +300,15 @@ def _check_secret_value(name: str, value: str) -> None:
         raise ValueError(f"secret {name!r} is longer than {MAX_SECRET_CHARS} characters")
     if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
         raise ValueError(f"secret {name!r} contains control characters")
-    if value.startswith("env:") and not ENV_REF_RE.fullmatch(value):
-        raise ValueError(f"secret {name!r}: an env reference must look like 'env:VARIABLE_NAME'")
+    if value.startswith("env:"):
+        ref = ENV_REF_RE.fullmatch(value)
+        if ref is None:
+            raise ValueError(
+                f"secret {name!r}: an env reference must look like 'env:VARIABLE_NAME'"
+            )
+        refusal = env_ref_refusal(ref.group(1))
+        if refusal is not None:
+            raise ValueError(f"secret {name!r}: {refusal}")
 
 
 class ProviderCreate(_SecretsField):

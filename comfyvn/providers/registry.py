@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from comfyvn.core.errors import RefusedError
+from comfyvn.net import AddressPolicy, RefusedAddress
 
 from .files import read_json, write_json_atomic
 from .models import (
@@ -75,7 +76,9 @@ def errors_of(exc: ValidationError, prefix: tuple[str | int, ...] = ("body",)) -
 
 
 class ProviderRegistry:
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, policy: AddressPolicy | None = None) -> None:
+        """``policy``: the server's shared outbound address policy (the defaults without one)."""
+        self.policy = policy or AddressPolicy()
         self.config_path = data_dir / CONFIG_FILE
         self.secrets = SecretStore(data_dir / SECRETS_FILE)
         self._providers: dict[str, ProviderSpec] = {}
@@ -185,6 +188,7 @@ class ProviderRegistry:
             data.update(id=provider_id, name=body.name or provider_id)
             data.update(created_at=now, updated_at=now)
             spec = self._validate(data)
+            await self._vet_base_url(spec)
             values = {k: v for k, v in body.secrets.items() if isinstance(v, str)}
             await self._commit({**self._providers, spec.id: spec}, spec.id, values)
             log.info("provider %r (%s) added", spec.id, spec.kind)
@@ -216,6 +220,8 @@ class ProviderRegistry:
                 data[name] = value
             data["updated_at"] = time.time()
             spec = self._validate(data)
+            if spec.base_url != current.base_url:  # an unchanged one can still be disabled
+                await self._vet_base_url(spec)
             values = self.secrets.names(provider_id)
             for name, secret in body.secrets.items():
                 if isinstance(secret, str):
@@ -248,6 +254,25 @@ class ProviderRegistry:
             return ProviderSpec.model_validate(data)
         except ValidationError as exc:
             raise Invalid(errors_of(exc)) from None
+
+    async def _vet_base_url(self, spec: ProviderSpec) -> None:
+        """The outbound address policy at creation: a refused ``base_url`` (cloud metadata,
+        link-local, unspecified... in any spelling, or by the current DNS answer) is a 422 that
+        names the rule. Every check connects through the same policy again (DNS can change)."""
+        if spec.base_url is None:
+            return
+        try:
+            await self.policy.check_url_resolved(spec.base_url)
+        except RefusedAddress as exc:
+            raise Invalid(
+                [
+                    {
+                        "loc": ["body", "base_url"],
+                        "msg": f"base_url refused: {exc}",
+                        "type": "value_error",
+                    }
+                ]
+            ) from None
 
     def _free_id(self, base: str) -> str:
         candidate, n = base, 2

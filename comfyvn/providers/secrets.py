@@ -2,29 +2,69 @@
 scrubbed from every error string that could carry them.
 
 A stored value is either the secret itself or a reference ``env:NAME`` resolved at check time,
-so a user can keep keys out of the data dir entirely.
+so a user can keep keys out of the data dir entirely. Only ``COMFYVN_SECRET_*`` variables (and
+those listed in ``COMFYVN_SECRET_ENV_ALLOW``) may be named; any other reference is never read.
+
+Text from an upstream is scrubbed whole, then normalised and cut (:meth:`Scrubber.clip`): a cut
+made first could leave the head of a key that no scrubber recognises any more.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import re
 import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from .files import read_json, write_json_atomic
-from .models import ENV_REF_RE
+from .models import ENV_REF_RE, env_ref_refusal
 
-__all__ = ["REDACTED", "ResolvedSecrets", "Scrubber", "SecretStore", "mask_secret"]
+__all__ = [
+    "ERROR_CHARS",
+    "REASON_CHARS",
+    "REDACTED",
+    "ResolvedSecrets",
+    "Scrubber",
+    "SecretStore",
+    "mask_secret",
+]
 
 log = logging.getLogger("comfyvn.providers")
 
 REDACTED = "[redacted]"
 HINT_MIN_CHARS = 12  # shorter secrets get no hint: 4 of 8 characters would give half away
 SCRUB_MIN_CHARS = 3  # scrubbing 1-2 character "secrets" would mangle every message
+# Any run of this many characters of a secret is scrubbed too: an upstream (or a proxy in front
+# of it) may echo a key it cut itself, and no whole-value match finds that.
+FRAGMENT_CHARS = 8
+# clip() reads at most this much of a text (plus the longest secret, so nothing that starts
+# inside is cut): collapsing whitespace can pull text from far into a long body into the output.
+SCAN_CHARS = 64 * 1024
+ECHO_MARGIN = 512  # extra read past SCAN_CHARS for an echoed credential of unknown length
+ERROR_CHARS = 240  # a check result's ``error``: "HTTP 500 from /x: " and ~200 of the body
+REASON_CHARS = 500  # a check result's ``reason``
+
+# A credential echoed back under its header or field name, in header, query or JSON-ish form:
+# ``Authorization: Bearer k``, ``"x-api-key": "k"``, ``\"authorization\":\"Basic k\"``,
+# ``api_key=k``. Only the value (group ``v``) is replaced; the name stays readable.
+_CREDENTIAL_NAMES = (
+    r"(?:proxy-)?authori[sz]ation|x-api-key|api[-_ ]?key|x-auth-token|access[-_]token"
+)
+_ECHOES = (
+    re.compile(
+        rf"(?<![a-z0-9_-])(?:{_CREDENTIAL_NAMES})\\?[\"']?\s*[:=]\s*\\?[\"']?\s*"
+        r"(?:(?:bearer|basic|token|digest)\s+)?(?P<v>[^\s\"'\\]+)",
+        re.IGNORECASE,
+    ),
+    # A bare "Bearer k": an upstream that quotes the header's value without its name.
+    re.compile(r"(?<![a-z0-9_-])bearer\s+(?P<v>[^\s\"'\\]+)", re.IGNORECASE),
+)
 
 
 def mask_secret(stored: str) -> dict[str, Any]:
@@ -32,6 +72,16 @@ def mask_secret(stored: str) -> dict[str, Any]:
     ref = ENV_REF_RE.fullmatch(stored)
     if ref:
         name = ref.group(1)
+        refusal = env_ref_refusal(name)
+        if refusal is not None:
+            # Never read: the mask must not tell whether a variable outside the rule is set.
+            return {
+                "set": True,
+                "source": "env",
+                "env": name,
+                "resolved": False,
+                "refused": refusal,
+            }
         return {"set": True, "source": "env", "env": name, "resolved": bool(os.environ.get(name))}
     hint = "****" + stored[-4:] if len(stored) >= HINT_MIN_CHARS else None
     return {"set": True, "source": "value", "hint": hint}
@@ -39,29 +89,66 @@ def mask_secret(stored: str) -> dict[str, Any]:
 
 @dataclass(slots=True)
 class ResolvedSecrets:
-    """Secret values ready for use in one check, plus the env references that are unset."""
+    """Secret values ready for use in one check, plus the env references that are unset and
+    those the reference rule refuses (never read)."""
 
     values: dict[str, str] = field(default_factory=dict)
     unresolved: dict[str, str] = field(default_factory=dict)  # secret name -> env variable
+    refused: dict[str, str] = field(default_factory=dict)  # secret name -> why it is refused
 
     def get(self, name: str) -> str | None:
         return self.values.get(name)
 
 
 class Scrubber:
-    """Replaces every known secret value in a text (or nested JSON) with ``[redacted]``."""
+    """Removes secrets from text (or nested JSON) before anyone sees it.
+
+    Scrubbed: every known secret value (also JSON-escaped, URL-encoded and with its whitespace
+    collapsed; case-insensitive), every run of :data:`FRAGMENT_CHARS` characters of one, and any
+    credential echoed under an ``Authorization`` / ``api-key`` / ``x-api-key`` name or after
+    ``Bearer``. Each becomes ``[redacted]``.
+    """
 
     def __init__(self, values: Iterable[str]) -> None:
+        forms = {form for value in values for form in _forms(value) if len(form) >= SCRUB_MIN_CHARS}
         # Longest first, so a secret containing another is removed whole.
-        self._values = sorted(
-            {v for v in values if len(v) >= SCRUB_MIN_CHARS}, key=len, reverse=True
-        )
+        self._values = [
+            re.compile(re.escape(form), re.IGNORECASE)
+            for form in sorted(forms, key=len, reverse=True)
+        ]
+        self._grams = {
+            gram
+            for form in forms
+            for i in range(len(form) - FRAGMENT_CHARS + 1)
+            if (gram := form[i : i + FRAGMENT_CHARS].lower()).strip()
+        }
+        self._longest = max((len(form) for form in forms), default=0)
 
     def text(self, text: str) -> str:
-        for value in self._values:
-            if value in text:
-                text = text.replace(value, REDACTED)
-        return text
+        """``text`` with every secret, fragment and echoed credential replaced whole."""
+        return _apply(text, self._spans(text)) if text else text
+
+    def clip(self, text: str, limit: int) -> str:
+        """Scrub, then collapse whitespace, then cut to ``limit`` characters (``...`` marks a cut).
+
+        The order is the point: a cut made first can leave the head of a secret that straddles
+        it, which nothing recognises any more. A text longer than :data:`SCAN_CHARS` is read
+        that far plus the longest secret, so a secret that starts inside is removed whole."""
+        bounded = len(text) > SCAN_CHARS
+        if bounded:
+            window = text[: SCAN_CHARS + self._longest + ECHO_MARGIN]
+            spans = self._spans(window)
+            end = max([SCAN_CHARS, *(stop for start, stop in spans if start < SCAN_CHARS)])
+            text = _apply(window[:end], [(a, b) for a, b in spans if a < end])
+        else:
+            text = self.text(text)
+        # Collapsing whitespace can join the parts of a secret that has some: scrub again.
+        text = self.text(" ".join(text.split()))
+        if len(text) <= limit and not bounded:
+            return text
+        marker = text.find(REDACTED, max(0, limit - len(REDACTED) + 1))
+        cut = marker if 0 <= marker < limit else limit  # never half a marker
+        return text[:cut] + "..."
 
     def data(self, data: Any) -> Any:
         if isinstance(data, str):
@@ -71,6 +158,50 @@ class Scrubber:
         if isinstance(data, list | tuple):
             return [self.data(v) for v in data]
         return data
+
+    def _spans(self, text: str) -> list[tuple[int, int]]:
+        found = [m.span() for pattern in self._values for m in pattern.finditer(text)]
+        if self._grams and len(text) >= FRAGMENT_CHARS:
+            low = text.lower()
+            if len(low) != len(text):  # a few characters lower into two; keep positions
+                low = "".join(c.lower() if len(c.lower()) == 1 else c for c in text)
+            grams, n = self._grams, FRAGMENT_CHARS
+            found.extend((i, i + n) for i in range(len(low) - n + 1) if low[i : i + n] in grams)
+        for pattern in _ECHOES:
+            found.extend(m.span("v") for m in pattern.finditer(text))
+        return found
+
+
+def _forms(value: str) -> set[str]:
+    """The ways a secret can appear in an upstream's text: as is, JSON-escaped (with and
+    without ``\\/``), URL-encoded, and with its whitespace collapsed."""
+    escaped = json.dumps(value)[1:-1]
+    return {
+        value,
+        escaped,
+        escaped.replace("/", "\\/"),
+        quote(value, safe=""),
+        " ".join(value.split()),
+    }
+
+
+def _apply(text: str, spans: list[tuple[int, int]]) -> str:
+    """``text`` with the (possibly overlapping) spans merged and each replaced by REDACTED."""
+    if not spans:
+        return text
+    out: list[str] = []
+    pos = 0
+    for start, stop in sorted(spans):
+        if stop <= pos:
+            continue
+        if start > pos:
+            out.append(text[pos:start])
+            out.append(REDACTED)
+        elif not out or out[-1] != REDACTED:
+            out.append(REDACTED)
+        pos = stop
+    out.append(text[pos:])
+    return "".join(out)
 
 
 class SecretStore:
@@ -112,6 +243,10 @@ class SecretStore:
             ref = ENV_REF_RE.fullmatch(stored)
             if ref is None:
                 resolved.values[name] = stored
+                continue
+            refusal = env_ref_refusal(ref.group(1))
+            if refusal is not None:  # stored before the rule, or the allow-list shrank
+                resolved.refused[name] = refusal
                 continue
             value = os.environ.get(ref.group(1), "")
             if value:

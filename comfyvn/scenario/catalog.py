@@ -6,10 +6,11 @@ round-trips unchanged through ``/api/scenario/validate`` and ``/api/scenario/run
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from comfyvn.core.json_input import FILE_LIMITS, JsonInputError, read_json
 
 from .model import Scene
 from .validation import load_scene
@@ -48,12 +49,9 @@ def read_scene_file(path: Path) -> Any:
     except OSError as exc:
         raise ValueError(f"cannot read scene file {str(path)!r}: {exc.strerror or exc}") from None
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(
-            f"scene file {str(path)!r} is not valid JSON: {exc.msg} at line {exc.lineno} "
-            f"column {exc.colno}"
-        ) from None
+        return read_json(text, FILE_LIMITS, what=f"scene file {str(path)!r}")
+    except JsonInputError as exc:
+        raise ValueError(str(exc)) from None
 
 
 class SceneCatalog:

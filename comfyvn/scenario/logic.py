@@ -12,6 +12,8 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
+from comfyvn.core.json_input import DEFAULT_LIMITS
+
 from .errors import ScenarioRuntimeError
 from .model import Action, Condition
 
@@ -23,15 +25,36 @@ __all__ = [
     "json_copy",
     "json_kind",
     "non_finite",
+    "path_problem",
     "valid_path",
 ]
 
 _PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*(\.[A-Za-z_][A-Za-z0-9_-]*)*$")
+# Variables travel back and forth in the run state, so what the runner builds must stay within
+# what the guarded JSON reader accepts: dot paths are short and shallow, a `set` cannot nest a
+# value deeper than MAX_VARIABLE_DEPTH (the state wraps variables in two more levels), and a
+# number never grows past the reader's digit bound.
+MAX_PATH_CHARS = 256
+MAX_PATH_PARTS = 16
+MAX_VARIABLE_DEPTH = DEFAULT_LIMITS.max_depth - 4
+MAX_INT = 10**DEFAULT_LIMITS.max_int_digits - 1
 _MISSING = object()
 
 
 def valid_path(key: str) -> bool:
-    return bool(_PATH.match(key))
+    return path_problem(key) is None
+
+
+def path_problem(key: str) -> str | None:
+    """Why ``key`` is not a usable dot path, or None."""
+    if len(key) > MAX_PATH_CHARS:
+        return f"the dot path is {len(key)} characters long; the limit is {MAX_PATH_CHARS}"
+    parts = key.count(".") + 1
+    if parts > MAX_PATH_PARTS:
+        return f"the dot path has {parts} parts; the limit is {MAX_PATH_PARTS}"
+    if not _PATH.match(key):
+        return f"{key!r} is not a dot path like 'stats.trust' (letters, digits, '_' and '-')"
+    return None
 
 
 def json_copy(value: Any) -> Any:
@@ -141,7 +164,9 @@ def apply_action(action: Action, variables: dict[str, Any]) -> None:
                 "not a number"
             )
         result = current + amount if action.type == "increment" else current - amount
-        if isinstance(result, float) and not math.isfinite(result):
+        if (isinstance(result, float) and not math.isfinite(result)) or (
+            isinstance(result, int) and abs(result) > MAX_INT
+        ):
             raise ScenarioRuntimeError(
                 f"cannot {action.type} {action.key!r} by {amount}: the result is not a finite "
                 "number"

@@ -17,6 +17,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
+from comfyvn.core.json_input import json_depth
+
 from .errors import (
     ChoiceNotOffered,
     NoChoiceOffered,
@@ -24,7 +26,13 @@ from .errors import (
     ScenarioFinished,
     UnknownChoice,
 )
-from .logic import apply_action, check_condition, first_non_finite, json_copy
+from .logic import (
+    MAX_VARIABLE_DEPTH,
+    apply_action,
+    check_condition,
+    first_non_finite,
+    json_copy,
+)
 from .model import Choice, Node, Scene
 from .state import MAX_SEED, ScenarioState, draw
 from .validation import load_scene
@@ -98,6 +106,11 @@ class ScenarioRunner:
             bad = first_non_finite(variables, "variables")
             if bad:
                 raise InvalidStart(f"{bad} is not a finite number (NaN and Infinity are not JSON)")
+            if json_depth(dict(variables)) > MAX_VARIABLE_DEPTH:
+                raise InvalidStart(
+                    f"variables nest deeper than {MAX_VARIABLE_DEPTH} levels, so the run state "
+                    "could not be sent back"
+                )
             start_vars.update(json_copy(dict(variables)))
         state = ScenarioState(
             scene=scene,

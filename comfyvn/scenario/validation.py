@@ -16,8 +16,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from comfyvn.core.json_input import json_depth
+
 from .errors import SceneInvalid, ValidationIssue
-from .logic import json_kind, non_finite, valid_path
+from .logic import MAX_VARIABLE_DEPTH, json_kind, non_finite, path_problem, valid_path
 from .model import OPERATORS, Choice, Node, Scene, SceneMetadata
 
 __all__ = ["ValidationReport", "load_scene", "validate_scene"]
@@ -123,7 +125,14 @@ class _Semantic:
         self._metadata(raw.get("metadata"))
         variables = raw.get("variables")
         if isinstance(variables, dict):
-            self._variables(variables, "", "$.variables")
+            if json_depth(variables) > MAX_VARIABLE_DEPTH:
+                self.error(
+                    "$.variables",
+                    f"variables nest deeper than {MAX_VARIABLE_DEPTH} levels, so a run state "
+                    "holding them could not be sent back",
+                )
+            else:
+                self._variables(variables, "", "$.variables")
         nodes = raw.get("nodes")
         if not isinstance(nodes, list):
             return
@@ -321,6 +330,14 @@ class _Semantic:
         if kind == "set":
             if "value" not in action:
                 self.error(path, "action 'set' needs a 'value'")
+            elif isinstance(key, str) and valid_path(key):
+                depth = key.count(".") + 1 + json_depth(action["value"])
+                if depth > MAX_VARIABLE_DEPTH:
+                    self.error(
+                        _join(path, "value"),
+                        f"this set would nest the variables {depth} levels deep; the limit is "
+                        f"{MAX_VARIABLE_DEPTH}",
+                    )
             if "amount" in action:
                 self.error(_join(path, "amount"), "action 'set' takes 'value', not 'amount'")
         elif kind in ("increment", "decrement"):
@@ -373,7 +390,7 @@ def _is_number(value: Any) -> bool:
 
 
 def _bad_path(key: str) -> str:
-    return f"{key!r} is not a dot path like 'stats.trust' (letters, digits, '_' and '-')"
+    return path_problem(key) or f"{key!r} is not a dot path"
 
 
 def _kind(value: Any) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sqlite3
@@ -20,6 +21,7 @@ from comfyvn.core.errors import RefusedError
 from comfyvn.core.event_log import RetentionPolicy, SQLiteEventLog
 from comfyvn.core.hook_bus import HookBus
 from comfyvn.core.settings import Settings, ensure_token, prepare_data_dir
+from comfyvn.net import policy_from_settings
 from comfyvn.providers.component import start_providers
 from comfyvn.webhooks import start_webhooks
 
@@ -51,6 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     SQLiteEventLog(settings.events_db).close()  # a damaged log stops start-up with a clear error
     token = ensure_token(settings)
     register_secret(token)
+    outbound = policy_from_settings(settings)  # a malformed allow/deny entry stops start-up
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -61,7 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             retention=RetentionPolicy(settings.history_max_events, settings.history_max_age_s),
             commit_timeout_s=settings.commit_timeout_s,
         )
-        services = Services(settings=settings, bus=bus, token=token)
+        services = Services(settings=settings, bus=bus, token=token, outbound=outbound)
         app.state.services = services
         modder_hooks.set_current_bus(bus)
         async with AsyncExitStack() as stack:
@@ -142,7 +145,11 @@ async def _refused(request: Request, exc: Exception) -> JSONResponse:
 
 async def _storage_error(request: Request, exc: Exception) -> JSONResponse:
     """A disk that is full, read-only or over a size limit is the server's state, not a bug in
-    the request: a 503 that names the problem, and the traceback in the log once."""
+    the request: a 503 that names the problem, and the traceback in the log once. A name the
+    OS refuses for its length came from the request: a 422, and no traceback."""
+    if isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG:
+        detail = "a file name in the request is longer than the file system allows (255 bytes)"
+        return JSONResponse({"detail": detail}, status_code=422)
     reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
     log.error("storage error on %s %s: %s", request.method, request.url.path, reason, exc_info=exc)
     detail = f"the data dir could not be written ({reason}); nothing was changed"

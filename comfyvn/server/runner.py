@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import sys
 import threading
@@ -61,6 +62,9 @@ def configure_logging(level: str = "INFO") -> None:
 
 
 def serve(settings: Settings, *, log_level: str = "INFO") -> int:
+    # Everything this process creates (SQLite files and their -wal/-shm, assets, sidecars,
+    # JSON stores) is private to its user: the data dir holds tokens and provider config.
+    os.umask(0o077)
     configure_logging(log_level)
     try:
         app = create_app(settings)
@@ -74,7 +78,9 @@ def serve(settings: Settings, *, log_level: str = "INFO") -> int:
         log_config=None,
         log_level=log_level.lower(),
         timeout_graceful_shutdown=5,
-        ws_ping_interval=None,  # our own JSON heartbeat runs on the stream
+        # Protocol pings find dead peers; our JSON heartbeat keeps idle proxies and clients honest.
+        ws_ping_interval=settings.ws_ping_s,
+        ws_ping_timeout=settings.ws_ping_s,
     )
     server = _ReadyServer(config)
     server.run()

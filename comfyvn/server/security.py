@@ -30,8 +30,9 @@ __all__ = [
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 _WILDCARD_BINDS = frozenset({"0.0.0.0", "::", ""})
 # Streams may carry the token in the query string (browsers cannot set headers on WebSocket or
-# EventSource); plain routes must use the Authorization header.
-_QUERY_TOKEN_SUFFIXES = ("/ws", "/subscribe")
+# EventSource); every other route must use the Authorization header. Exact paths: a suffix rule
+# once let `DELETE /api/providers/ws?token=...` through.
+QUERY_TOKEN_PATHS = frozenset({"/api/modder/hooks/ws", "/api/modder/hooks/subscribe"})
 
 
 def split_host(host_header: str) -> str:
@@ -125,7 +126,7 @@ class SecurityMiddleware:
         scheme, _, credential = auth.partition(" ")
         if scheme.lower() == "bearer" and credential:
             return hmac.compare_digest(credential.strip().encode(), self._token)
-        if scope["type"] == "websocket" or scope["path"].endswith(_QUERY_TOKEN_SUFFIXES):
+        if scope["path"] in QUERY_TOKEN_PATHS:
             query = scope.get("query_string", b"").decode("latin-1")
             for key, value in parse_qsl(query):
                 if key == "token":
@@ -145,6 +146,9 @@ class SecurityMiddleware:
 
 _TOKEN_IN_TEXT = re.compile(r"((?:[?&]|\b)token=)[^&\s\"']+", re.IGNORECASE)
 _BEARER_IN_TEXT = re.compile(r"(Bearer\s+)[A-Za-z0-9._~+/=-]+", re.IGNORECASE)
+# The user-info part of any URL (``http://user:password@host``), whoever logs it (httpx logs
+# every request URL at INFO); the whole part goes, as a user name alone can be a token.
+_USERINFO_IN_URL = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://)[^/?#@\s\"'<>]+@")
 
 
 _SECRETS: set[str] = set()
@@ -161,6 +165,8 @@ def redact(text: str) -> str:
     for secret in _SECRETS:
         if secret in text:
             text = text.replace(secret, "[redacted]")
+    if "@" in text:
+        text = _USERINFO_IN_URL.sub(r"\1[redacted]@", text)
     return _BEARER_IN_TEXT.sub(r"\1[redacted]", _TOKEN_IN_TEXT.sub(r"\1[redacted]", text))
 
 

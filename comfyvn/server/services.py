@@ -10,6 +10,7 @@ from starlette.requests import HTTPConnection
 
 from comfyvn.core.hook_bus import CommitTimeout, HookBus
 from comfyvn.core.settings import Settings
+from comfyvn.net import AddressPolicy
 
 __all__ = ["Services", "commit_or_503", "get_services"]
 
@@ -19,6 +20,7 @@ class Services:
     settings: Settings
     bus: HookBus
     token: str
+    outbound: AddressPolicy  # the one policy for every request the server sends
     # Filled in by the components that own them (plugin host, webhooks, assets, providers...).
     plugin_host: Any = None
     webhooks: Any = None

@@ -28,6 +28,9 @@ class WebhookConfig:
     disable_after: int = 5
     concurrency: int = 16
     per_endpoint: int = 4
+    # The server judges webhook URLs with its shared outbound policy (comfyvn.net, made from
+    # Settings, where these variables are aliases of COMFYVN_OUTBOUND_*); these three only
+    # make the policy of a WebhookManager built without one (tools, tests).
     allow_hosts: tuple[str, ...] = ()
     deny_hosts: tuple[str, ...] = ()
     allow_loopback: bool = True

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from comfyvn.core.errors import RefusedError
 from comfyvn.core.hook_bus import HookBus
 from comfyvn.core.hook_specs import HOOK_SPECS
+from comfyvn.net import AddressPolicy, RefusedAddress
 
 from .config import WebhookConfig
 from .models import (
@@ -32,7 +33,6 @@ from .models import (
     WebhookPatch,
 )
 from .outbox import Outbox
-from .safety import UnsafeUrlError, UrlPolicy
 from .signing import SecretError, generate_secret, parse_secret
 from .store import WebhookStore
 from .worker import DeliveryBusy, DeliveryWorker
@@ -64,12 +64,19 @@ def normalize_events(events: list[str]) -> tuple[str, ...]:
 
 
 class WebhookManager:
-    def __init__(self, bus: HookBus, config: WebhookConfig | None = None) -> None:
+    def __init__(
+        self,
+        bus: HookBus,
+        config: WebhookConfig | None = None,
+        policy: AddressPolicy | None = None,
+    ) -> None:
+        """``policy``: the server's shared outbound policy; without one (tools, tests) the
+        config's own ``COMFYVN_WEBHOOK_*_HOSTS`` lists make a private one."""
         self.bus = bus
         self.config = config or WebhookConfig.from_env()
-        self.policy = UrlPolicy(
-            allow_hosts=self.config.allow_hosts,
-            deny_hosts=self.config.deny_hosts,
+        self.policy = policy or AddressPolicy(
+            allow_hosts={"COMFYVN_WEBHOOK_ALLOW_HOSTS": self.config.allow_hosts},
+            deny_hosts={"COMFYVN_WEBHOOK_DENY_HOSTS": self.config.deny_hosts},
             allow_loopback=self.config.allow_loopback,
         )
         self.store = WebhookStore(bus.log.path)
@@ -158,7 +165,7 @@ class WebhookManager:
     async def _check_url(self, url: str) -> None:
         try:
             await self.policy.check_url_resolved(url)
-        except UnsafeUrlError as exc:
+        except RefusedAddress as exc:
             raise WebhookError(400, f"url refused: {exc}") from None
 
     async def create(self, body: WebhookCreate) -> Subscription:
@@ -331,7 +338,7 @@ class WebhookManager:
 
 async def start_webhooks(services: Any, stack: AsyncExitStack) -> WebhookManager:
     """Create the forwarder for ``services.bus``, set ``services.webhooks``, stop it on exit."""
-    manager = WebhookManager(services.bus)
+    manager = WebhookManager(services.bus, policy=services.outbound)
     await asyncio.to_thread(manager.start)
     services.webhooks = manager
     stack.callback(_stop, manager)

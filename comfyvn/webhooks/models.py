@@ -8,7 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .safety import MAX_URL_LENGTH, redact_url
+from comfyvn.net import MAX_URL_LENGTH, redact_url
+
 from .signing import mask_secret, parse_secret
 
 __all__ = [

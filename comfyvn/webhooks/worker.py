@@ -29,13 +29,12 @@ import httpx
 
 from comfyvn import __version__
 from comfyvn.core.hook_bus import CommitTimeout, HookBus
+from comfyvn.net import AddressPolicy, RefusedAddress, guarded_transport
 
 from .config import WebhookConfig
 from .models import Attempt, Delivery, Subscription
-from .safety import UnsafeUrlError, UrlPolicy
 from .signing import webhook_headers
 from .store import Outcome, WebhookStore
-from .transport import guarded_transport
 
 __all__ = ["DeliveryBusy", "DeliveryWorker", "parse_retry_after"]
 
@@ -72,7 +71,7 @@ class DeliveryWorker:
         bus: HookBus,
         store: WebhookStore,
         config: WebhookConfig,
-        policy: UrlPolicy,
+        policy: AddressPolicy,
         subscriptions: Callable[[], dict[str, Subscription]],
         on_change: Callable[[], None],
     ) -> None:
@@ -329,7 +328,7 @@ class DeliveryWorker:
                     error = f"HTTP {status}: redirects are not followed"
                 elif not 200 <= status < 300:
                     error = f"HTTP {status}"
-        except UnsafeUrlError as exc:
+        except RefusedAddress as exc:
             error = f"refused: {exc}"
         except (TimeoutError, httpx.TimeoutException):
             error = f"no response within {self.cfg.timeout_s:g} s"

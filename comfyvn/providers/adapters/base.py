@@ -2,6 +2,10 @@
 
 Adapters only ever send keys in headers, never in URLs, so an httpx error that quotes a URL
 cannot carry a key; the health service still scrubs every message before it is kept.
+
+Adapters never cut or reformat text from an upstream: an error carries the whole body, and the
+health service scrubs it and only then cuts it (``Scrubber.clip``). Cutting here first would
+leave the head of a key that an upstream echoed at the cut edge, which no scrubber recognises.
 """
 
 from __future__ import annotations
@@ -25,7 +29,6 @@ __all__ = [
 ]
 
 RANK = {"gray": -1, "green": 0, "amber": 1, "red": 2}
-SNIPPET_CHARS = 200
 
 
 @dataclass(slots=True)
@@ -60,13 +63,12 @@ def combine(findings: list[Outcome], base: Outcome) -> Outcome:
     return base
 
 
-def snippet(response: httpx.Response) -> str:
+def body_text(response: httpx.Response) -> str:
+    """The whole decoded body, uncut and unnormalised: see the module docstring for why."""
     try:
-        text = response.text
+        return response.text.strip()
     except (UnicodeDecodeError, httpx.ResponseNotRead):
         return ""
-    text = " ".join(text.split())
-    return text[:SNIPPET_CHARS] + ("..." if len(text) > SNIPPET_CHARS else "")
 
 
 def http_failure(response: httpx.Response, what: str) -> Outcome | None:
@@ -74,7 +76,7 @@ def http_failure(response: httpx.Response, what: str) -> Outcome | None:
     code = response.status_code
     if 200 <= code < 300:
         return None
-    body = snippet(response)
+    body = body_text(response)
     error = f"HTTP {code} from {what}" + (f": {body}" if body else "")
     if code in (401, 403):
         return Outcome("red", "auth_rejected", f"credentials rejected ({code})", error=error)

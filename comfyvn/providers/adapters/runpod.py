@@ -57,9 +57,10 @@ class RunPodAdapter(Adapter):
             raise AdapterError("bad_response", "RunPod GraphQL answered with a non-object")
         errors = body.get("errors")
         if errors:
+            # Uncut: the health service scrubs, then cuts (a cut here could halve an echoed key).
             messages = "; ".join(
                 str(e.get("message", e)) if isinstance(e, dict) else str(e) for e in errors
-            )[:300]
+            )
             if any(word in messages.lower() for word in _AUTH_WORDS):
                 return Outcome(
                     "red", "auth_rejected", "RunPod rejected the API key", error=messages

@@ -7,7 +7,6 @@ Registry work (hashing, file moves, SQLite) runs on worker threads, never on the
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request
@@ -18,8 +17,9 @@ from comfyvn.assets.errors import AssetInputError
 from comfyvn.assets.paths import validate_type
 from comfyvn.assets.registry import MAX_OFFSET, MAX_PAGE, AssetRegistry, Change
 from comfyvn.assets.upload import read_upload
+from comfyvn.core.json_input import JsonInputError, JsonLimits, read_json
 
-from ..bodies import read_limited_body, validation_detail
+from ..bodies import read_json_body, validation_detail
 from ..services import commit_or_503, get_services
 
 router = APIRouter(prefix="/api/assets", tags=["assets"])
@@ -147,11 +147,11 @@ def _field_error(loc: str, msg: str, kind: str = "value_error") -> HTTPException
 
 async def _parse(request: Request, model: type[M]) -> M:
     """The JSON body as ``model``; error locations name the field alone, as for multipart."""
-    body = await read_limited_body(request, MAX_JSON_BODY)
-    if not body:
+    value = await read_json_body(request, MAX_JSON_BODY)
+    if value is None:
         raise HTTPException(422, "request body is empty; send a JSON object")
     try:
-        return model.model_validate_json(body)
+        return model.model_validate(value)
     except ValidationError as exc:
         raise HTTPException(422, validation_detail(exc, prefix=())) from None
 
@@ -217,11 +217,9 @@ async def _upload(request: Request, registry: AssetRegistry, content_type: str) 
         raw_meta = form.fields.get("meta")
         if raw_meta is not None and raw_meta.strip():
             try:
-                meta = json.loads(raw_meta)
-            except json.JSONDecodeError as exc:
-                raise _field_error(
-                    "meta", f"meta is not valid JSON: {exc}", "json_invalid"
-                ) from None
+                meta = read_json(raw_meta, JsonLimits(registry.config.max_meta_bytes), what="meta")
+            except JsonInputError as exc:
+                raise _field_error("meta", str(exc), "json_invalid") from None
             if not isinstance(meta, dict):
                 raise _field_error("meta", "meta must be a JSON object", "dict_type")
         try:

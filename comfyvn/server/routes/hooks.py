@@ -5,20 +5,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field, ValidationError
+from starlette.types import Message, Send
 
 from comfyvn.core.hook_bus import Gap, Subscription, UnknownHookError, envelope_json
 from comfyvn.core.hook_specs import HOOK_SPECS
+from comfyvn.core.json_input import JsonInputError, JsonLimits, read_json
 
 from ..bodies import parse_json_body, validation_detail
 from ..services import Services, commit_or_503, get_services
 
 router = APIRouter(prefix="/api/modder/hooks", tags=["modder hooks"])
+log = logging.getLogger("comfyvn.server.streams")
 
 MAX_TEST_PAYLOAD_BYTES = 256 * 1024
 MAX_SEQ = 2**63 - 1  # SQLite's INTEGER range; a larger cursor is a client error, not a 500
@@ -116,19 +120,40 @@ async def test_emit(request: Request) -> TestEmitResponse:
 
 
 # -- WebSocket ---------------------------------------------------------------------------------
+CLOSE_POLICY = 1008  # a subscription we cannot serve; also a client that stopped reading
+CLOSE_INVALID_DATA = 1007  # not UTF-8, lone surrogates
+CLOSE_TOO_BIG = 1009
+_CLOSE_FOR = {
+    "too_large": CLOSE_TOO_BIG,
+    "encoding": CLOSE_INVALID_DATA,
+    "surrogate": CLOSE_INVALID_DATA,
+}
+FIRST_MESSAGE_LIMITS = JsonLimits(max_bytes=16 * 1024, max_depth=8)
+# How long a timed-out client has to read again and see its close frame; meanwhile it holds no
+# subscription. Protocol pings close a peer that is gone well before this.
+CLOSE_GRACE_S = 60.0
+
+
 class _BadSubscription(ValueError):
-    pass
+    def __init__(self, message: str, close_code: int = CLOSE_POLICY) -> None:
+        super().__init__(message)
+        self.close_code = close_code
 
 
 def _parse_since(raw: Any) -> int | None:
+    """A cursor from a query string, header or JSON: digits or an integer, never a bool,
+    float or a number beyond SQLite's range."""
     if raw is None or raw == "":
         return None
-    try:
+    if isinstance(raw, str) and raw.isascii() and raw.isdigit() and len(raw) <= 19:
         value = int(raw)
-    except (TypeError, ValueError):
-        raise _BadSubscription(f"'since' must be a non-negative integer, got {raw!r}") from None
+    elif isinstance(raw, int) and not isinstance(raw, bool):
+        value = raw
+    else:
+        shown = repr(raw) if len(repr(raw)) <= 40 else repr(raw)[:40] + "..."
+        raise _BadSubscription(f"'since' must be a non-negative integer, got {shown}")
     if not 0 <= value <= MAX_SEQ:
-        raise _BadSubscription(f"'since' must be an integer from 0 to {MAX_SEQ}, got {value}")
+        raise _BadSubscription(f"'since' must be an integer from 0 to {MAX_SEQ}")
     return value
 
 
@@ -145,9 +170,11 @@ async def _read_subscription(ws: WebSocket) -> tuple[list[str] | None, int | Non
     # A text frame, or a binary one holding UTF-8 JSON; anything else is a bad subscription.
     raw = message.get("text") if message.get("text") is not None else message.get("bytes")
     try:
-        msg = json.loads(raw or "")
-    except ValueError:  # JSONDecodeError, UnicodeDecodeError
-        raise _BadSubscription("first message must be JSON {topics, since}") from None
+        msg = read_json(raw or b"", FIRST_MESSAGE_LIMITS, what="first message")
+    except JsonInputError as exc:
+        raise _BadSubscription(
+            f"{exc}; send JSON {{topics, since}}", _CLOSE_FOR.get(exc.reason, CLOSE_POLICY)
+        ) from None
     if not isinstance(msg, dict):
         raise _BadSubscription("first message must be a JSON object {topics, since}")
     topics = msg.get("topics")
@@ -168,27 +195,59 @@ async def stream(ws: WebSocket) -> None:
     services: Services = ws.app.state.services
     bus = services.bus
     await ws.accept()
+    settings = services.settings
     try:
         topics, since = await _read_subscription(ws)
         sub = bus.subscribe(topics, since)
     except (UnknownHookError, _BadSubscription) as exc:
+        code = getattr(exc, "close_code", CLOSE_POLICY)
         with contextlib.suppress(Exception):
-            await ws.send_json({"ok": False, "error": str(exc)})
-            await ws.close(code=1008, reason=str(exc)[:120])
+            async with asyncio.timeout(settings.send_timeout_s):
+                await ws.send_json({"ok": False, "error": str(exc)})
+                await ws.close(code=code, reason=_close_reason(str(exc)))
         return
     except WebSocketDisconnect:
         return
     subscribed = topics if topics is not None else list(HOOK_SPECS)
+    timed_out = False
     try:
-        await ws.send_json({"ok": True, "subscribed": subscribed, "seq": hello_seq(sub, since)})
-        await _pump(ws, sub, services.settings.ws_heartbeat_s)
+        send = _timed_sender(ws, settings.send_timeout_s)
+        await send(json.dumps({"ok": True, "subscribed": subscribed, "seq": hello_seq(sub, since)}))
+        await _pump(ws, sub, send, settings.ws_heartbeat_s)
+    except TimeoutError:
+        timed_out = True
     except (WebSocketDisconnect, RuntimeError, ConnectionError):
         pass
     finally:
         sub.close()
+    if timed_out:
+        # Its cursor is released already; the close frame reaches the client if it ever reads
+        # again (then it resumes with `since`). A peer that is gone is found by protocol pings.
+        log.info("WebSocket client accepted nothing for %g s; closing it", settings.send_timeout_s)
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(CLOSE_GRACE_S):
+                await ws.close(code=CLOSE_POLICY, reason="send timeout")
 
 
-async def _pump(ws: WebSocket, sub: Any, heartbeat_s: float) -> None:
+def _close_reason(text: str) -> str:
+    """A close reason fits in 123 bytes of UTF-8."""
+    return text.encode("utf-8")[:120].decode("utf-8", "ignore")
+
+
+def _timed_sender(ws: WebSocket, timeout_s: float) -> Callable[[str], Awaitable[None]]:
+    """``ws.send_text`` that raises ``TimeoutError`` when the socket accepts nothing for
+    ``timeout_s`` (a client that stopped reading fills the buffers, then every send waits)."""
+
+    async def send(text: str) -> None:
+        async with asyncio.timeout(timeout_s):
+            await ws.send_text(text)
+
+    return send
+
+
+async def _pump(
+    ws: WebSocket, sub: Any, send: Callable[[str], Awaitable[None]], heartbeat_s: float
+) -> None:
     """Send envelopes as they commit; a heartbeat keeps idle proxies and clients honest.
 
     The pending ``next_batch`` task is never cancelled by the heartbeat: it may be reading the
@@ -206,14 +265,14 @@ async def _pump(ws: WebSocket, sub: Any, heartbeat_s: float) -> None:
             if reader in done:
                 return
             if pending not in done:
-                await ws.send_text('{"ping":true}')
+                await send('{"ping":true}')
                 continue
             items, pending = pending.result(), None
             for item in items:
                 if isinstance(item, Gap):
-                    await ws.send_text(json.dumps(item.to_dict()))
+                    await send(json.dumps(item.to_dict()))
                 else:
-                    await ws.send_text(envelope_json(item))
+                    await send(envelope_json(item))
     finally:
         for task in (reader, pending):
             if task is not None:
@@ -284,11 +343,34 @@ async def subscribe_sse(
                 pending.cancel()
             sub.close()
 
-    return StreamingResponse(
+    return _EventStreamResponse(
         frames(),
+        send_timeout_s=services.settings.send_timeout_s,
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+
+
+class _EventStreamResponse(StreamingResponse):
+    """A stream whose client must keep reading: when its socket accepts nothing for
+    ``send_timeout_s``, the stream ends and its subscription is released (the client resumes
+    with ``Last-Event-ID``)."""
+
+    def __init__(self, content: AsyncIterator[str], *, send_timeout_s: float, **kwargs: Any):
+        super().__init__(content, **kwargs)
+        self.send_timeout_s = send_timeout_s
+        self._frames = content
+
+    async def stream_response(self, send: Send) -> None:
+        async def timed_send(message: Message) -> None:
+            async with asyncio.timeout(self.send_timeout_s):
+                await send(message)
+
+        try:
+            await super().stream_response(timed_send)
+        except TimeoutError:
+            log.info("SSE client accepted nothing for %g s; ending its stream", self.send_timeout_s)
+            await self._frames.aclose()  # type: ignore[attr-defined]
 
 
 # -- plugins -----------------------------------------------------------------------------------

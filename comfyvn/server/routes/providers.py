@@ -13,7 +13,7 @@ from fastapi.routing import APIRoute
 from comfyvn.providers.component import Providers
 from comfyvn.providers.models import KINDS, QUOTA_KINDS, ProviderCreate, ProviderUpdate, Thresholds
 
-from ..bodies import read_limited_body
+from ..bodies import parse_json, read_limited_body
 from ..errors import error_responses
 from ..services import get_services
 
@@ -22,15 +22,19 @@ MAX_BODY_BYTES = 64 * 1024  # a provider is a few hundred bytes; refuse before p
 
 class _LimitedBodyRoute(APIRoute):
     """Reads at most ``MAX_BODY_BYTES`` of a body before FastAPI parses it; beyond that a 413
-    with a JSON ``detail`` (FastAPI's own ``max_body_size`` answers in plain text)."""
+    with a JSON ``detail`` (FastAPI's own ``max_body_size`` answers in plain text). The JSON is
+    parsed by the guarded reader; FastAPI's ``request.json()`` returns that value."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
 
         async def limited(request: Request) -> Response:
             if request.method in ("POST", "PUT"):
-                # What FastAPI's own request.body() returns, read under the limit.
+                # What FastAPI's own request.body() and request.json() return: read under the
+                # limit and parsed by the guarded reader, so FastAPI never parses it unguarded.
                 request._body = await read_limited_body(request, MAX_BODY_BYTES)
+                if request._body.strip():
+                    request._json = parse_json(request._body, MAX_BODY_BYTES)
             return await handler(request)
 
         return limited
