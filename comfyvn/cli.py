@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from comfyvn import __version__
 
@@ -29,6 +30,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             kwargs["data_dir"] = Path(args.data_dir)
         if args.plugin_root:
             kwargs["plugin_root"] = Path(args.plugin_root)
+        if args.plugin:
+            kwargs["plugins"] = tuple(
+                name.strip() for item in args.plugin for name in item.split(",") if name.strip()
+            )
+        if args.no_watch:
+            kwargs["watch_plugins"] = False
         settings = Settings(**kwargs)
     except EnvError as exc:
         print(f"comfyvn serve: {exc}", file=sys.stderr)
@@ -97,6 +104,24 @@ def _cmd_providers_check(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _cmd_plugins_list(args: argparse.Namespace) -> int:
+    from comfyvn.client.plugins_cli import run_list
+
+    return run_list(args)
+
+
+def _cmd_plugins_reload(args: argparse.Namespace) -> int:
+    from comfyvn.client.plugins_cli import run_reload
+
+    return run_reload(args)
+
+
+def _cmd_plugins_new(args: argparse.Namespace) -> int:
+    from comfyvn.client.plugins_cli import run_new
+
+    return run_new(args)
+
+
 def _cmd_studio(args: argparse.Namespace) -> int:
     try:
         from comfyvn.gui.app import studio_command
@@ -116,8 +141,18 @@ def _add_connection_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", help="data dir holding api_token")
 
 
+class _Parser(argparse.ArgumentParser):
+    """No abbreviated options, on every subcommand (subparsers inherit the class): argparse
+    would otherwise read ``--plugin acc`` as ``--plugin-root acc`` before ``--plugin`` existed,
+    and a future option can silently change what an abbreviation means."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="comfyvn", description="ComfyVN Studio core")
+    parser = _Parser(prog="comfyvn", description="ComfyVN Studio core")
     parser.add_argument("--version", action="version", version=f"comfyvn {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -135,6 +170,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--plugin-root",
         help="plugin folder (default: $COMFYVN_MOD_PLUGIN_ROOT or dev/modder_hooks)",
+    )
+    serve.add_argument(
+        "--plugin",
+        action="append",
+        metavar="NAME",
+        help="load this installed plugin (entry point group comfyvn.plugins); repeatable "
+        "(default: $COMFYVN_PLUGINS)",
+    )
+    serve.add_argument(
+        "--no-watch",
+        action="store_true",
+        help="dev mode: do not reload plugins when their files change",
     )
     serve.add_argument(
         "--log-level",
@@ -188,10 +235,57 @@ def build_parser() -> argparse.ArgumentParser:
     pcheck.add_argument("--timeout", type=float, default=60.0, help="seconds to wait (default 60)")
     pcheck.set_defaults(func=_cmd_providers_check)
 
+    plugins = sub.add_parser("plugins", help="modder plugin tools").add_subparsers(
+        dest="plugins_command", required=True
+    )
+    plist = plugins.add_parser(
+        "list", help="the running server's plugins: status, hooks, calls, errors, as a table"
+    )
+    _add_connection_args(plist)
+    plist.add_argument("--json", action="store_true", help="print the server's JSON answer")
+    plist.add_argument("--no-color", action="store_true", help="never colour the status")
+    plist.add_argument(
+        "--log",
+        nargs="?",
+        type=int,
+        const=10,
+        default=0,
+        metavar="N",
+        help="also print each plugin's last N log lines (default N: 10)",
+    )
+    plist.add_argument("--timeout", type=float, default=30.0, help="seconds to wait (default 30)")
+    plist.set_defaults(func=_cmd_plugins_list)
+    preload = plugins.add_parser(
+        "reload",
+        help="reload plugins on the running server; exit 1 if a new version failed (the "
+        "previous one keeps running)",
+    )
+    preload.add_argument("name", nargs="?", help="only this plugin (default: all)")
+    _add_connection_args(preload)
+    preload.add_argument("--json", action="store_true", help="print the server's JSON answer")
+    preload.add_argument("--no-color", action="store_true", help="never colour the status")
+    preload.add_argument(
+        "--timeout", type=float, default=120.0, help="seconds to wait (default 120)"
+    )
+    preload.set_defaults(func=_cmd_plugins_reload)
+    pnew = plugins.add_parser("new", help="write a commented template plugin that works as is")
+    pnew.add_argument("name", help="plugin name: a Python identifier; the file is NAME.py")
+    pnew.add_argument(
+        "--plugin-root",
+        help="plugin folder (default: $COMFYVN_MOD_PLUGIN_ROOT or dev/modder_hooks, as serve)",
+    )
+    pnew.add_argument("--force", action="store_true", help="overwrite an existing NAME.py")
+    pnew.set_defaults(func=_cmd_plugins_new)
+
     studio = sub.add_parser("studio", help="the PySide6 Studio (starts a server if none runs)")
     _add_connection_args(studio)
     studio.add_argument("--workspace", choices=["scenario", "system"], help="open this workspace")
     studio.add_argument("--scene", help="play this scene (catalogue id) in the Scenario workspace")
+    studio.add_argument(
+        "--hooks-tab",
+        choices=["stream", "plugins"],
+        help="open this tab of the Modder Hooks dock (default: the last one used)",
+    )
     studio.add_argument("--screenshot", metavar="FILE", help="render offscreen to a PNG and exit")
     studio.add_argument(
         "--wait", type=float, metavar="SECONDS", help="screenshot: longest wait (default 20)"

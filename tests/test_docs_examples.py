@@ -35,7 +35,13 @@ BLOCKS = list(runnable_blocks())
 
 @pytest.fixture(scope="module")
 def docs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    server = ServerProcess(tmp_path_factory.mktemp("docs") / "data", extra_args=["--demo"])
+    # Dev mode with a plugin folder of its own: the plugin chapter's examples write into it.
+    plugins = tmp_path_factory.mktemp("docs-plugins")
+    server = ServerProcess(
+        tmp_path_factory.mktemp("docs") / "data",
+        extra_args=["--demo", "--dev"],
+        env={"COMFYVN_MOD_PLUGIN_ROOT": str(plugins)},
+    )
     server.start()
     try:
         yield server
@@ -56,6 +62,7 @@ def test_runnable_example(
         "COMFYVN_URL": docs_server.url,
         "TOKEN": docs_server.token,
         "COMFYVN_DATA_DIR": str(docs_server.data_dir),
+        "COMFYVN_MOD_PLUGIN_ROOT": docs_server.env["COMFYVN_MOD_PLUGIN_ROOT"],
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }
     # Examples call `.venv/bin/comfyvn` as a reader in the repo would; point that at this venv.

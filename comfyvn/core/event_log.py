@@ -16,7 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-__all__ = ["EventLog", "EventLogError", "LogRow", "RetentionPolicy", "SQLiteEventLog", "TxnHook"]
+__all__ = [
+    "BatchSizer",
+    "EventLog",
+    "EventLogError",
+    "LogRow",
+    "RetentionPolicy",
+    "SQLiteEventLog",
+    "TxnHook",
+]
 
 
 class EventLogError(OSError):
@@ -42,6 +50,30 @@ class RetentionPolicy:
     max_age_s: float | None = 30 * 24 * 3600.0
 
 
+class BatchSizer:
+    """Sizes delete batches so each one takes about ``budget_s``.
+
+    Retention must never stall the single writer (DESIGN.md 9: each batch <= 10 ms), so pruning
+    deletes the oldest rows a batch at a time. The row count that fits the budget depends on the
+    disk, the page cache and the payload size, so it is learned: after each batch the size moves
+    towards ``rows * budget / elapsed``, growing at most 2x and shrinking at once.
+    """
+
+    def __init__(
+        self, budget_s: float = 0.004, start: int = 256, lo: int = 16, hi: int = 20_000
+    ) -> None:
+        self.budget_s = budget_s
+        self.size = start
+        self.lo = lo
+        self.hi = hi
+
+    def update(self, rows: int, elapsed: float) -> None:
+        if rows < self.size // 2 and elapsed < self.budget_s:
+            return  # a short tail batch says little about the cost per row
+        ideal = rows * self.budget_s / max(elapsed, 1e-6)
+        self.size = int(max(self.lo, min(self.hi, ideal, self.size * 2)))
+
+
 # A callback run inside the append transaction (e.g. the webhook outbox inserts its delivery
 # rows here, so a committed event is never left without its deliveries).
 TxnHook = Callable[[sqlite3.Connection, Sequence[LogRow]], None]
@@ -56,6 +88,7 @@ class EventLog(Protocol):
     def latest_seq(self) -> int: ...
     def first_seq(self) -> int | None: ...
     def prune(self, policy: RetentionPolicy, now: float | None = None) -> int: ...
+    def prune_batch(self, policy: RetentionPolicy, limit: int, now: float | None = None) -> int: ...
     def close(self) -> None: ...
 
 
@@ -203,19 +236,65 @@ class SQLiteEventLog:
         return self._reader().execute("SELECT COUNT(*) FROM events").fetchone()[0]
 
     # -- retention ---------------------------------------------------------------------------
-    def prune(self, policy: RetentionPolicy, now: float | None = None) -> int:
+    def prune(
+        self,
+        policy: RetentionPolicy,
+        now: float | None = None,
+        *,
+        sizer: BatchSizer | None = None,
+    ) -> int:
+        """Everything the policy no longer keeps, as a series of short batches (see
+        :meth:`prune_batch`), each its own transaction. The bus does not call this: its writer
+        runs one batch at a time between group commits (``HookBus._prune_step``)."""
         now = time.time() if now is None else now
+        sizer = sizer or BatchSizer()
         removed = 0
+        while True:
+            limit = sizer.size
+            started = time.perf_counter()
+            n = self.prune_batch(policy, limit, now)
+            sizer.update(n, time.perf_counter() - started)
+            removed += n
+            if n < limit:
+                return removed
+
+    def prune_batch(self, policy: RetentionPolicy, limit: int, now: float | None = None) -> int:
+        """Delete at most ``limit`` of the oldest events the policy no longer keeps, in one short
+        transaction; returns how many went (fewer than ``limit``: nothing more to prune now).
+
+        Only a prefix of the log is ever deleted (the age bound stops at the first event that is
+        still young enough), so the log stays one contiguous run of seqs from ``first_seq()``:
+        a subscriber whose cursor is older gets an exact gap, never a silent hole. ``seq`` lives
+        on in ``meta``, so pruning never lowers ``latest_seq()`` and no seq is ever reused.
+        """
+        if limit <= 0 or (policy.max_events is None and policy.max_age_s is None):
+            return 0
+        now = time.time() if now is None else now
         with self._write_lock:
             conn = self._writer
+            # The seq of the limit-th oldest row bounds this batch (a primary-key walk of
+            # ``limit`` rows, whatever holes the seqs may have).
+            row = conn.execute(
+                "SELECT seq FROM events ORDER BY seq LIMIT 1 OFFSET ?", (limit - 1,)
+            ).fetchone()
+            top = conn.execute("SELECT MAX(seq) FROM events").fetchone()[0]
+            if top is None:
+                return 0
+            window_end = row[0] if row else top
+            end: int | None = None
             if policy.max_events is not None:
-                top = conn.execute("SELECT MAX(seq) FROM events").fetchone()[0] or 0
-                cur = conn.execute("DELETE FROM events WHERE seq <= ?", (top - policy.max_events,))
-                removed += cur.rowcount
+                end = top - policy.max_events
             if policy.max_age_s is not None:
-                cur = conn.execute("DELETE FROM events WHERE ts < ?", (now - policy.max_age_s,))
-                removed += cur.rowcount
-        return removed
+                # ``+ts`` keeps the planner on the primary key: at most ``limit`` rows scanned.
+                young = conn.execute(
+                    "SELECT seq FROM events WHERE seq <= ? AND +ts >= ? ORDER BY seq LIMIT 1",
+                    (window_end, now - policy.max_age_s),
+                ).fetchone()
+                by_age = window_end if young is None else young[0] - 1
+                end = by_age if end is None else max(end, by_age)
+            assert end is not None
+            end = min(end, window_end)
+            return conn.execute("DELETE FROM events WHERE seq <= ?", (end,)).rowcount
 
     def close(self) -> None:
         with self._readers_lock:

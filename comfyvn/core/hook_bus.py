@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any, NamedTuple
 
-from .event_log import LogRow, RetentionPolicy, SQLiteEventLog
+from .event_log import BatchSizer, LogRow, RetentionPolicy, SQLiteEventLog
 from .hook_specs import HOOK_SPECS
 
 __all__ = [
@@ -105,6 +105,8 @@ class ListenerHandle:
     last_error: str | None = None
     busy_since: float | None = None
     stalled: bool = False
+    # What the caller registered, when ``fn`` wraps it (plugins): unregister_listener(fn) finds it.
+    source_fn: Callable[..., Any] | None = field(default=None, repr=False)
     _queue: queue.Queue[LogRow | None] = field(init=False, repr=False)
     _thread: threading.Thread | None = field(default=None, init=False, repr=False)
     _discard: bool = field(default=False, init=False, repr=False)
@@ -189,6 +191,11 @@ class ListenerHandle:
 class HookBus:
     """One bus per data dir. Thread-safe ``emit``; async subscribers on any event loop."""
 
+    # Retention pruning may use at most this share of the writer's time, in batches of about
+    # BatchSizer.budget_s each: still ~100k rows/s on a small VM, far above any emit rate,
+    # while the WAL it writes (a deleted row costs about its own size) stays a trickle.
+    PRUNE_DUTY = 0.2
+
     def __init__(
         self,
         log_store: SQLiteEventLog,
@@ -204,6 +211,10 @@ class HookBus:
         self.listener_budget_s = listener_budget_s
         self.commit_timeout_s = commit_timeout_s
         self._prune_interval_s = prune_interval_s
+        self._pruning = False  # a prune tick is under way, one short batch per writer loop
+        self._prune_sizer = BatchSizer()  # learns how many rows fit the per-batch budget
+        self._prune_resume_at = 0.0  # duty cycle: rest between batches (PRUNE_DUTY)
+        self.prune_stats = {"batches": 0, "removed": 0, "max_batch_ms": 0.0}
         self._boot = secrets.token_hex(8)
         self._known = HOOK_SPECS  # live view: hooks defined later are accepted too
         self._seq_lock = threading.Lock()
@@ -305,12 +316,22 @@ class HookBus:
                 if not self._commit_with_retry(rows):
                     return
                 self._on_commit(rows)
+            if self._pruning and time.monotonic() >= self._prune_resume_at:
+                # One short delete between two group commits: whatever was emitted meanwhile
+                # is committed before the next batch, so retention never stalls an emit by
+                # more than one batch (DESIGN.md 9).
+                self._prune_step()
+                continue
+            if batch:
                 continue
             if self._stopping and not self._pending:
                 return  # emit() refuses once stopping is set, so nothing can follow
             self._writer_idle = True
             if not self._pending:
-                self._wake.wait(0.05)
+                wait = 0.05
+                if self._pruning:
+                    wait = min(wait, max(0.0, self._prune_resume_at - time.monotonic()))
+                self._wake.wait(wait)
             self._writer_idle = False
             self._wake.clear()
 
@@ -353,10 +374,35 @@ class HookBus:
             self._check_listeners(now)
         if now >= self._next_prune:
             self._next_prune = now + self._prune_interval_s
-            try:
-                self.log.prune(self.retention)
-            except Exception as exc:
-                log.warning("event log prune failed: %s", exc)
+            self._pruning = not self._stopping
+
+    def _prune_step(self) -> None:
+        """One retention batch, sized to take a few ms; the tick ends with a batch that was not
+        full (caught up) or with an error (retried at the next tick)."""
+        if self._stopping:  # shutdown commits and exits; the next start resumes pruning
+            self._pruning = False
+            return
+        limit = self._prune_sizer.size
+        started = time.perf_counter()
+        try:
+            removed = self.log.prune_batch(self.retention, limit)
+        except Exception as exc:
+            self._pruning = False
+            log.warning("event log prune failed: %s", exc)
+            return
+        elapsed = time.perf_counter() - started
+        # Rest between batches so that pruning takes at most PRUNE_DUTY of the writer and of
+        # the disk: SQLite's WAL checkpoints stay small and I/O stays smooth. Emits are
+        # committed during the rest as usual.
+        rest = elapsed * (1.0 - self.PRUNE_DUTY) / self.PRUNE_DUTY
+        self._prune_resume_at = time.monotonic() + rest
+        self._prune_sizer.update(removed, elapsed)
+        stats = self.prune_stats
+        stats["batches"] += 1
+        stats["removed"] += removed
+        stats["max_batch_ms"] = max(stats["max_batch_ms"], elapsed * 1000)
+        if removed < limit:
+            self._pruning = False
 
     def _on_commit(self, rows: list[LogRow]) -> None:
         top = rows[-1].seq
@@ -422,6 +468,36 @@ class HookBus:
             self._listeners.remove(handle)
         handle.stop(timeout=0.5, discard=True)
         return True
+
+    def narrow_listener(self, handle: ListenerHandle, events: Iterable[str] | None) -> bool:
+        """Stop ``events`` for ``handle`` (all of them: unregister it). True if anything changed."""
+        if events is None:
+            return self.unregister_listener(handle)
+        drop = self._check_names(events) or frozenset()
+        with self._listeners_lock:
+            if handle not in self._listeners:
+                return False
+            current = handle.events if handle.events is not None else frozenset(self._known)
+            remaining = current - drop
+            if remaining == current:
+                return False
+            if remaining:
+                handle.events = frozenset(remaining)
+                return True
+        return self.unregister_listener(handle)
+
+    def unregister_matching(
+        self, fn_or_handle: ListenerHandle | Listener, events: Iterable[str] | None = None
+    ) -> bool:
+        """Unregister by handle or by the function that was registered (every handle of it);
+        with ``events``, only those events stop."""
+        if isinstance(fn_or_handle, ListenerHandle):
+            return self.narrow_listener(fn_or_handle, events)
+        matches = [
+            h for h in self.listeners() if h.fn is fn_or_handle or h.source_fn is fn_or_handle
+        ]
+        changed = [self.narrow_listener(h, events) for h in matches]
+        return any(changed)
 
     def listeners(self) -> list[ListenerHandle]:
         with self._listeners_lock:

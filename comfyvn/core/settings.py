@@ -11,7 +11,7 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .env import EnvError, env_flag, env_lists, env_names, env_number
+from .env import EnvError, env_flag, env_list, env_lists, env_names, env_number
 
 __all__ = [
     "DataDirError",
@@ -45,6 +45,11 @@ class Settings:
     demo: bool = False
     plugin_root: Path = field(
         default_factory=lambda: Path(os.environ.get("COMFYVN_MOD_PLUGIN_ROOT", "dev/modder_hooks"))
+    )
+    # Installed plugins (entry point group comfyvn.plugins) to load, by name: --plugin NAME.
+    plugins: tuple[str, ...] = field(default_factory=lambda: env_list("COMFYVN_PLUGINS"))
+    watch_plugins: bool = field(  # dev mode: reload a plugin when its file changes
+        default_factory=lambda: env_flag("COMFYVN_PLUGIN_WATCH", default=True)
     )
     allowed_hosts: tuple[str, ...] = field(
         default_factory=lambda: tuple(

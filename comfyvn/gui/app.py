@@ -3,6 +3,7 @@
 ``--screenshot FILE`` renders the window offscreen once it has settled (first provider check
 done, stream connected, scene shown) or after ``--wait`` seconds, writes a PNG and exits 0,
 even when the server is unreachable: the picture then shows what went wrong.
+``COMFYVN_STUDIO_HOOKS_TAB=plugins`` opens the Modder Hooks dock on its Plugins tab.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from PySide6.QtCore import QMessageLogContext, QSettings, QTimer, QtMsgType, qIn
 from PySide6.QtWidgets import QApplication
 
 from .main_window import StudioWindow
-from .options import WORKSPACES, StudioOptions
+from .options import HOOK_TABS, WORKSPACES, StudioOptions
 from .theme import apply_style
 
 __all__ = ["SETTINGS_FILE", "options_from_args", "run_studio", "studio_command"]
@@ -39,6 +40,14 @@ def options_from_args(args: argparse.Namespace) -> StudioOptions:
     workspace = getattr(args, "workspace", None)
     if workspace is not None and workspace not in WORKSPACES:
         raise UsageError(f"unknown workspace {workspace!r}; choose one of {', '.join(WORKSPACES)}")
+    # --hooks-tab where the command line offers it, else COMFYVN_STUDIO_HOOKS_TAB
+    hooks_tab = (
+        getattr(args, "hooks_tab", None) or os.environ.get("COMFYVN_STUDIO_HOOKS_TAB") or None
+    )
+    if hooks_tab is not None and hooks_tab not in HOOK_TABS:
+        raise UsageError(
+            f"unknown Modder Hooks tab {hooks_tab!r}; choose one of {', '.join(HOOK_TABS)}"
+        )
     raw_wait = getattr(args, "wait", None)
     wait = 20.0 if raw_wait is None else float(raw_wait)
     if not 0 < wait <= 600:
@@ -63,6 +72,7 @@ def options_from_args(args: argparse.Namespace) -> StudioOptions:
         data_dir=Path(args.data_dir) if getattr(args, "data_dir", None) else None,
         workspace=workspace,
         scene=getattr(args, "scene", None),
+        hooks_tab=hooks_tab,
         screenshot=screenshot,
         wait_s=wait,
         remember_layout=screenshot is None,

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import PurePath
 from typing import Any
 
 __all__ = [
+    "PLUGIN_STATUS",
     "STATUS_LABELS",
     "SUMMARY_LABELS",
     "envelope_summary",
@@ -15,7 +17,11 @@ __all__ = [
     "format_quota",
     "format_value",
     "masked_config_lines",
+    "plugin_error_text",
+    "plugin_issue",
+    "plugin_status",
     "quota_lines",
+    "reload_summary",
 ]
 
 STATUS_LABELS = {"green": "OK", "amber": "Degraded", "red": "Down", "gray": "Not checked"}
@@ -153,3 +159,88 @@ def envelope_summary(envelope: dict[str, Any]) -> str:
         return f"{data.get('type')} {str(data.get('uid', ''))[:12]} {data.get('path', '')}".strip()
     parts = [f"{k}={format_value(v)}" for k, v in list(data.items())[:4]]
     return ", ".join(parts)[:160]
+
+
+# -- plugins -------------------------------------------------------------------------------------
+PLUGIN_STATUS = {  # the plugin host's status -> (dot colour, label)
+    "loaded": ("green", "Loaded"),
+    "warning": ("amber", "Warning"),
+    "failing": ("amber", "Failing"),
+    "hung": ("red", "Hung"),
+    "error": ("red", "Error"),
+    "available": ("gray", "Available"),
+    "unloaded": ("gray", "Unloaded"),
+}
+
+
+def plugin_status(status: Any) -> tuple[str, str]:
+    """(dot colour, label) for a plugin status; an unknown one is gray under its own name."""
+    known = PLUGIN_STATUS.get(str(status))
+    if known is not None:
+        return known
+    return "gray", str(status or "unknown").capitalize()
+
+
+def plugin_error_text(error: dict[str, Any] | None, *, full_path: bool = False) -> str:
+    """``demo.py:3 SyntaxError: invalid syntax``: a load error with its file and line up front
+    (the file's name only, unless ``full_path``)."""
+    if not error:
+        return ""
+    message = str(error.get("message") or "")
+    file, line = error.get("file"), error.get("line")
+    if not file:
+        return message
+    prefix = f"{file}:{line}: "
+    if message.startswith(prefix):
+        message = message[len(prefix) :]
+    name = str(file) if full_path else PurePath(str(file)).name
+    return f"{name}:{line} {message}" if line is not None else f"{name} {message}"
+
+
+def _running_note(running: Any, *, table: bool) -> str:
+    if running == "previous":
+        return "running previous version" if table else "previous version still running"
+    return "not running" if running is None else ""
+
+
+def plugin_issue(plugin: dict[str, Any]) -> tuple[str, str] | None:
+    """(colour, text) of the one line under a plugin's row, or None when all is well: its load
+    error (and which version runs), a hung call, or the last error one of its hooks raised."""
+    error = plugin.get("error")
+    if error:  # which version runs comes first: a long message is cut at the end
+        note = _running_note(plugin.get("running"), table=True)
+        return "red", (f"{note} · " if note else "") + plugin_error_text(error)
+    if plugin.get("status") == "hung":
+        busy = plugin.get("busy_for_s")
+        took = f"{busy:g} s" if isinstance(busy, int | float) else "too long"
+        return "red", f"a hook call has been running for {took}"
+    last = plugin.get("last_error")
+    if last:
+        return ("amber" if plugin.get("status") == "failing" else "gray"), f"last error: {last}"
+    return None
+
+
+def reload_summary(
+    body: dict[str, Any], name: str | None, when: float, known: set[str] | None = None
+) -> tuple[bool, str]:
+    """(ok, one line) for the status line after ``POST /api/modder/hooks/plugins/reload``."""
+    results = [r for r in body.get("results") or [] if isinstance(r, dict)]
+    failed = [r for r in results if not r.get("ok")]
+    if failed:
+        parts = []
+        for result in failed:
+            text = plugin_error_text(result.get("error")) or f"status {result.get('status')}"
+            note = _running_note(result.get("running"), table=False)
+            parts.append(f"{result.get('name')}: {text}" + (f" ({note})" if note else ""))
+        return False, "reload failed for " + "; ".join(parts)
+    removed = sorted(str(r.get("name")) for r in results if r.get("status") == "removed")
+    kept = [r for r in results if r.get("status") != "removed"]
+    text = f"Reloaded {name}" if name else f"Reloaded {len(kept)} plugin(s)"
+    text += f" at {format_clock(when)}"
+    if known is not None:
+        new = sorted(str(r.get("name")) for r in kept if r.get("name") not in known)
+        if new:
+            text += f"; new: {', '.join(new)}"
+    if removed:
+        text += f"; removed: {', '.join(removed)}"
+    return True, text

@@ -32,7 +32,7 @@ from .api import StudioApi
 from .launcher import Discovery, LocalServer, discover
 from .options import WORKSPACES, StudioOptions
 from .panels.debug_integrations import DebugIntegrationsPanel
-from .panels.modder_hooks import ModderHooksPanel
+from .panels.modder_hooks import ModderHooksTabs
 from .theme import dot_html
 from .workers import run_async
 from .workspaces.scenario import ScenarioWorkspace
@@ -79,8 +79,12 @@ class StudioWindow(QMainWindow):
         self.debug_dock = self._dock(
             "Debug Integrations", "debugIntegrationsDock", self.debug_panel
         )
-        self.hooks_panel = ModderHooksPanel(settings=settings)
-        self.hooks_dock = self._dock("Modder Hooks", "modderHooksDock", self.hooks_panel)
+        self.hooks_tabs = ModderHooksTabs(settings=settings)
+        self.hooks_panel = self.hooks_tabs.stream_panel  # the "Stream" tab
+        self.plugins_panel = self.hooks_tabs.plugins_panel  # the "Plugins" tab
+        if options.hooks_tab:
+            self.hooks_tabs.show_tab(options.hooks_tab)
+        self.hooks_dock = self._dock("Modder Hooks", "modderHooksDock", self.hooks_tabs)
         self.addDockWidget(Qt.DockWidgetArea.BottomDockWidgetArea, self.debug_dock)
         self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.hooks_dock)
         self.debug_panel.summary_changed.connect(self.system.set_provider_summary)
@@ -123,6 +127,10 @@ class StudioWindow(QMainWindow):
         self.open_hooks_action = QAction("Modder Hooks", self)
         self.open_hooks_action.setShortcut(QKeySequence("Ctrl+Shift+H"))
         self.open_hooks_action.triggered.connect(lambda: self.open_dock(self.hooks_dock))
+        self.open_plugins_action = QAction("Plugins", self)
+        self.open_plugins_action.setShortcut(QKeySequence("Ctrl+Shift+P"))
+        self.open_plugins_action.setToolTip("The Modder Hooks dock's Plugins tab")
+        self.open_plugins_action.triggered.connect(self.open_plugins)
         self.refresh_action = QAction("Refresh Providers", self)
         self.refresh_action.setShortcut(QKeySequence("F5"))
         self.refresh_action.triggered.connect(self.debug_panel.refresh)
@@ -151,6 +159,7 @@ class StudioWindow(QMainWindow):
         self.system_menu = bar.addMenu("&System")
         self.system_menu.addAction(self.open_debug_action)
         self.system_menu.addAction(self.open_hooks_action)
+        self.system_menu.addAction(self.open_plugins_action)
         self.system_menu.addSeparator()
         self.system_menu.addAction(self.refresh_action)
         self.system_menu.addAction(self.api_docs_action)
@@ -214,6 +223,7 @@ class StudioWindow(QMainWindow):
         self.api = api
         self.debug_panel.set_connection(api)
         self.hooks_panel.set_connection(api, max_backoff_s=self.options.timeouts.reconnect_max_s)
+        self.plugins_panel.set_connection(api)
         self.scenario.set_connection(api)
         self.system.set_connection(api, discovery.origin)
         if self.options.scene:
@@ -252,6 +262,7 @@ class StudioWindow(QMainWindow):
         self.connect_done = True
         self.debug_panel.set_connection(None, problem)
         self.hooks_panel.set_connection(None, problem)
+        self.plugins_panel.set_connection(None, problem)
         self.scenario.set_connection(None, problem)
         self.system.set_connection(None, "", problem)
         first_line = problem.splitlines()[0] if problem else "no server"
@@ -294,6 +305,11 @@ class StudioWindow(QMainWindow):
             dock.setFloating(False)
         dock.show()
         dock.raise_()
+
+    def open_plugins(self) -> None:
+        """The Modder Hooks dock, on its Plugins tab."""
+        self.hooks_tabs.show_tab("plugins")
+        self.open_dock(self.hooks_dock)
 
     def reset_layout(self) -> None:
         if self.workspace is not None:
@@ -346,6 +362,7 @@ class StudioWindow(QMainWindow):
     def closeEvent(self, event: QCloseEvent) -> None:
         self.save_layout()
         self.hooks_panel.shutdown()
+        self.plugins_panel.shutdown()
         super().closeEvent(event)
 
     # -- menu actions ------------------------------------------------------------------------
@@ -377,6 +394,9 @@ class StudioWindow(QMainWindow):
         if self.debug_dock.isVisible() and debug.refresh_count + debug.failure_count == 0:
             return False
         if self.hooks_dock.isVisible() and self.hooks_panel.stream_state == "connecting":
+            return False
+        plugins = self.plugins_panel
+        if plugins.isVisible() and plugins.load_count + plugins.failure_count == 0:
             return False
         if self.workspace == "scenario":
             if not self.scenario.loaded:

@@ -9,11 +9,12 @@ from pathlib import Path
 
 from comfyvn.core.env import env_number_or_default
 
-__all__ = ["WORKSPACES", "StudioOptions", "Timeouts"]
+__all__ = ["HOOK_TABS", "WORKSPACES", "StudioOptions", "Timeouts"]
 
 log = logging.getLogger("comfyvn.gui")
 
 WORKSPACES = ("scenario", "system")
+HOOK_TABS = ("stream", "plugins")  # the Modder Hooks dock's tabs
 DEFAULT_REFRESH_S = 15
 
 
@@ -53,6 +54,7 @@ class StudioOptions:
     data_dir: Path | None = None
     workspace: str | None = None  # None: the last one used, else Scenario
     scene: str | None = None  # play this scene (catalogue id) in the Scenario workspace at start
+    hooks_tab: str | None = None  # open this Modder Hooks tab (stream|plugins); None: the last one
     screenshot: Path | None = None
     wait_s: float = 20.0
     remember_layout: bool = True  # screenshots use the default layout, so pictures are repeatable

@@ -119,17 +119,29 @@ async def _start_components(services: Services, stack: AsyncExitStack) -> None:
 
 
 def _start_plugin_host(services: Services, stack: AsyncExitStack) -> None:
-    """Dev mode only: outside it no plugin code is imported at all."""
-    if not services.settings.dev_mode:
-        return
+    """Folder plugins in dev mode only; installed plugins whenever enabled by name. Outside
+    dev mode, with none enabled, the host only lists what is installed: no plugin code runs."""
     from comfyvn.core.plugin_host import PluginHost
 
-    budget = services.settings.plugin_call_budget_s
-    host = PluginHost(services.bus, services.settings.plugin_root, call_budget_s=budget)
+    settings = services.settings
+    budget = settings.plugin_call_budget_s
+    host = PluginHost(
+        services.bus,
+        root=settings.plugin_root if settings.dev_mode else None,
+        data_dir=settings.data_dir,
+        enabled=settings.plugins,
+        call_budget_s=budget,
+    )
     services.bus.listener_budget_s = budget
     host.load()
     services.plugin_host = host
     stack.callback(host.unload)
+    if settings.dev_mode and settings.watch_plugins:
+        from comfyvn.core.plugin_watch import PluginWatcher
+
+        watcher = PluginWatcher(host, settings.plugin_root)
+        watcher.start()
+        stack.callback(watcher.stop)
 
 
 def _close_bus(bus: HookBus) -> None:

@@ -31,13 +31,15 @@ class Services:
 
     def describe_plugin_host(self) -> dict[str, Any]:
         if self.plugin_host is None:
-            return {
-                "enabled": False,
-                "root": str(self.settings.plugin_root),
-                "plugins": [],
-                "reason": "dev mode is off: no plugin code runs",
-            }
-        return self.plugin_host.describe()
+            return {"enabled": False, "dev_mode": False, "plugins": [], "reason": "not started"}
+        described = self.plugin_host.describe()
+        if not self.settings.dev_mode and not self.settings.plugins:
+            described["enabled"] = False
+            described["reason"] = (
+                "dev mode is off and no installed plugin is enabled: no plugin code runs "
+                "(--dev for folder plugins, --plugin NAME for installed ones)"
+            )
+        return described
 
     def describe_webhooks(self) -> list[dict[str, Any]]:
         if self.webhooks is None:

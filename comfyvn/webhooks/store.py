@@ -18,7 +18,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
-from comfyvn.core.event_log import connect
+from comfyvn.core.event_log import BatchSizer, connect
 
 from .models import Attempt, Delivery, Subscription
 
@@ -385,24 +385,41 @@ class WebhookStore:
 
     # -- retention ---------------------------------------------------------------------------
     def prune(self, older_than: float) -> int:
-        """Drop finished deliveries (and their attempts) older than the cut-off, and orphans."""
-        with self._txn() as conn:
-            conn.execute(
-                "DELETE FROM webhook_attempts WHERE delivery_id IN (SELECT id FROM "
-                "webhook_deliveries WHERE status != 'pending' AND updated_at < ?)",
-                (older_than,),
-            )
-            cur = conn.execute(
-                "DELETE FROM webhook_deliveries WHERE status != 'pending' AND updated_at < ?",
-                (older_than,),
-            )
-            removed = cur.rowcount
-            conn.execute(
-                "DELETE FROM webhook_attempts WHERE delivery_id IN (SELECT id FROM "
-                "webhook_deliveries WHERE webhook_id NOT IN (SELECT id FROM webhook_subscriptions))"
-            )
-            orphans = conn.execute(
-                "DELETE FROM webhook_deliveries WHERE webhook_id NOT IN "
-                "(SELECT id FROM webhook_subscriptions)"
-            )
-            return removed + orphans.rowcount
+        """Drop finished deliveries (and their attempts) older than the cut-off, and orphans.
+
+        These tables share ``events.sqlite3`` with the bus writer, whose commits wait for the
+        same write lock; so, like the event log's retention (DESIGN.md 9), this walks the
+        deliveries by id in short transactions (a few ms each, sized by a BatchSizer) with a
+        pause after each, long enough for a waiting writer's busy handler to get the lock.
+        """
+        with self._lock:
+            lo, top = self._conn.execute(
+                "SELECT MIN(id), MAX(id) FROM webhook_deliveries"
+            ).fetchone()
+        if top is None:
+            return 0
+        where = (
+            "id > ? AND id <= ? AND ((status != 'pending' AND updated_at < ?) "
+            "OR webhook_id NOT IN (SELECT id FROM webhook_subscriptions))"
+        )
+        sizer = BatchSizer()
+        removed = 0
+        cursor = lo - 1
+        while cursor < top:
+            upto = min(cursor + sizer.size, top)
+            started = time.perf_counter()
+            with self._txn() as conn:
+                args = (cursor, upto, older_than)
+                conn.execute(
+                    "DELETE FROM webhook_attempts WHERE delivery_id IN "
+                    f"(SELECT id FROM webhook_deliveries WHERE {where})",
+                    args,
+                )
+                cur = conn.execute(f"DELETE FROM webhook_deliveries WHERE {where}", args)
+                removed += cur.rowcount
+            elapsed = time.perf_counter() - started
+            sizer.update(upto - cursor, elapsed)
+            cursor = upto
+            if cursor < top:
+                time.sleep(max(0.01, 2 * elapsed))
+        return removed

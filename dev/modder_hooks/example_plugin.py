@@ -10,7 +10,9 @@ import logging
 import os
 from pathlib import Path
 
-log = logging.getLogger("comfyvn.plugins.example")
+# The plugin's own logger: its lines show per plugin in the API, `comfyvn plugins list --log`
+# and the Studio's Plugins tab, as well as in the server log.
+log = logging.getLogger("comfyvn.plugin.example_plugin")
 
 
 def on_scene_enter(payload: dict) -> None:

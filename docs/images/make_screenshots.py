@@ -4,7 +4,9 @@
 
 It starts local fake providers (one of each colour), a real server (``--demo --dev``) in a
 temporary data dir, plays a few scenario steps so the hook stream has content, then runs the
-screenshot command for each picture. Nothing here is drawn by hand.
+screenshot command for each picture. For the Plugins tab it starts a second server whose plugin
+folder holds a healthy plugin and one whose hook raises and whose next edit does not compile
+(reloaded, so its previous version keeps running). Nothing here is drawn by hand.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import textwrap
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -81,8 +84,67 @@ def play(client) -> None:
         turn = client.post("/api/scenario/run/step", json=body).json()
 
 
-def shoot(name: str, *args: str) -> None:
+HEALTHY_PLUGIN = """
+    \"\"\"Logs every scene entry and choice list.\"\"\"
+
+    CTX = {}
+
+
+    def setup(ctx):
+        CTX["log"] = ctx.log
+        ctx.log.info("ready; writing to %s", ctx.data_dir.name)
+
+
+    def on_scene_enter(payload):
+        CTX["log"].info("scene %s entered node %s", payload["scene_id"], payload["node"])
+
+
+    def on_choice_render(payload):
+        CTX["log"].info("%d choice(s) at %s", len(payload["choices"]), payload["node"])
+"""
+FAILING_PLUGIN = """
+    \"\"\"Weights choices by their cost (no choice has one: the hook raises).\"\"\"
+
+    CTX = {}
+
+
+    def setup(ctx):
+        CTX["log"] = ctx.log
+        ctx.log.info("weighting choices by cost")
+
+
+    def on_choice_render(payload):
+        costs = {c["id"]: c["cost"] for c in payload["choices"]}
+        CTX["log"].info("costs %s", costs)
+"""
+
+
+def plugin_tab_server(tmp: Path) -> ServerProcess:
+    """A dev server with one healthy plugin and one failing one, whose broken edit was reloaded."""
+    root = tmp / "plugins"
+    root.mkdir(parents=True)
+    (root / "scene_logger.py").write_text(textwrap.dedent(HEALTHY_PLUGIN), encoding="utf-8")
+    failing = root / "choice_weights.py"
+    failing.write_text(textwrap.dedent(FAILING_PLUGIN), encoding="utf-8")
+    server = ServerProcess(
+        tmp / "studio",
+        extra_args=["--demo", "--dev", "--no-watch"],
+        env={"COMFYVN_MOD_PLUGIN_ROOT": str(root)},
+    ).start()
+    with server.client() as client:
+        play(client)
+        # the fix is half-typed: a missing colon; the reload keeps the previous version
+        broken = failing.read_text().replace('c["cost"]', 'c.get("cost", 1)')
+        failing.write_text(
+            broken.replace("on_choice_render(payload):", "on_choice_render(payload)")
+        )
+        client.post("/api/modder/hooks/plugins/reload", params={"name": "choice_weights"})
+    return server
+
+
+def shoot(name: str, *args: str, env_extra: dict[str, str] | None = None) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("COMFYVN_")}
+    env.update(env_extra or {})
     cmd = [sys.executable, "-m", "comfyvn", "studio", *args, "--screenshot", str(OUT / name)]
     print("$", " ".join(cmd[1:]), flush=True)
     subprocess.run(cmd, cwd=ROOT, env=env, check=True, timeout=120)
@@ -104,6 +166,17 @@ def main() -> int:
             )
         finally:
             server.stop()
+        # The Plugins tab of the Modder Hooks dock, next to the Scenario workspace.
+        plugins = plugin_tab_server(Path(tmp) / "plugins-tab")
+        try:
+            shoot(
+                "studio_plugins_tab.png",
+                *["--server", plugins.url, "--data-dir", str(plugins.data_dir)],
+                *["--workspace", "scenario", "--scene", "lighthouse"],
+                env_extra={"COMFYVN_STUDIO_HOOKS_TAB": "plugins"},
+            )
+        finally:
+            plugins.stop()
         # A server that is not there: the picture shows what the Studio says about it.
         dead = ["--server", "http://127.0.0.1:9", "--token", "unused", "--data-dir", tmp]
         shoot("studio_offline.png", *dead, "--workspace", "system", "--wait", "10")

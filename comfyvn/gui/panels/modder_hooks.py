@@ -1,5 +1,8 @@
 """Modder Hooks: the live envelope stream (time, seq, event, summary), filterable by hook, with
-pause and clear; selecting a row shows its JSON. The stream reconnects and resumes by seq."""
+pause and clear; selecting a row shows its JSON. The stream reconnects and resumes by seq.
+
+The dock holds it as the "Stream" tab of :class:`ModderHooksTabs`, next to "Plugins"
+(:mod:`.plugins`)."""
 
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from PySide6.QtWidgets import (
     QPushButton,
     QSplitter,
     QTableView,
+    QTabWidget,
     QVBoxLayout,
     QWidget,
 )
@@ -26,10 +30,12 @@ from PySide6.QtWidgets import (
 from ..api import StudioApi, describe_failure
 from ..formatting import envelope_summary, format_clock
 from ..hook_stream import HookStream
+from ..options import HOOK_TABS
 from ..theme import dot_html, mono_font
 from ..workers import run_async
+from .plugins import PluginsPanel
 
-__all__ = ["ENVELOPE_ROLE", "MAX_ROWS", "ModderHooksPanel"]
+__all__ = ["ENVELOPE_ROLE", "HOOK_TABS", "MAX_ROWS", "ModderHooksPanel", "ModderHooksTabs"]
 
 ENVELOPE_ROLE = Qt.ItemDataRole.UserRole + 1
 MAX_ROWS = 5000
@@ -61,7 +67,7 @@ class ModderHooksPanel(QWidget):
         self.filter_combo = QComboBox()
         self.filter_combo.addItem(ALL_HOOKS)
         self.filter_combo.setToolTip("Show only one hook")
-        self.filter_combo.setMinimumContentsLength(16)
+        self.filter_combo.setMinimumContentsLength(14)
         self.pause_button = QPushButton("Pause")
         self.pause_button.setCheckable(True)
         self.pause_button.setToolTip("Freeze the list; new envelopes wait until you resume")
@@ -271,3 +277,38 @@ class ModderHooksPanel(QWidget):
         if self.pause_button.isChecked():
             text += f" · paused, {len(self._paused)} waiting"
         self.count_label.setText(text)
+
+
+class ModderHooksTabs(QTabWidget):
+    """The Modder Hooks dock: the live stream ("Stream") and the plugin host ("Plugins").
+
+    The open tab is remembered in the settings (``hooks/tab``). The Plugins tab polls only
+    while it is the open tab of a visible dock."""
+
+    def __init__(self, parent: QWidget | None = None, settings: QSettings | None = None) -> None:
+        super().__init__(parent)
+        self._settings = settings
+        self.setDocumentMode(True)
+        self.stream_panel = ModderHooksPanel(settings=settings)
+        self.plugins_panel = PluginsPanel()
+        self.addTab(self.stream_panel, "Stream")
+        self.addTab(self.plugins_panel, "Plugins")
+        self.setTabToolTip(0, "Live hook envelopes from /api/modder/hooks/ws")
+        self.setTabToolTip(1, "Plugins: status, hooks, calls, errors and log; reload them")
+        saved = settings.value("hooks/tab", HOOK_TABS[0]) if settings is not None else None
+        if saved in HOOK_TABS:
+            self.show_tab(str(saved))
+        self.currentChanged.connect(self._on_tab)
+
+    @property
+    def current_tab(self) -> str:
+        return HOOK_TABS[max(0, self.currentIndex())]
+
+    def show_tab(self, name: str) -> None:
+        if name not in HOOK_TABS:
+            raise ValueError(f"unknown Modder Hooks tab {name!r}; choose {', '.join(HOOK_TABS)}")
+        self.setCurrentIndex(HOOK_TABS.index(name))
+
+    def _on_tab(self, index: int) -> None:
+        if self._settings is not None and 0 <= index < len(HOOK_TABS):
+            self._settings.setValue("hooks/tab", HOOK_TABS[index])

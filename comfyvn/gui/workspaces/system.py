@@ -1,7 +1,8 @@
 """The System workspace's central view: which server the Studio talks to and how it is doing.
 
-Provider details live in the Debug Integrations dock and the event stream in the Modder Hooks
-dock; this page shows the one-glance summary (server, event log, plugins, provider colours).
+Provider details live in the Debug Integrations dock, the event stream and the plugins in the
+Modder Hooks dock's tabs; this page shows the one-glance summary (server, event log, plugins,
+provider colours).
 """
 
 from __future__ import annotations
@@ -44,8 +45,9 @@ class SystemOverview(QWidget):
         heading = QLabel("System")
         heading.setStyleSheet("font-size: 16pt; font-weight: 600;")
         hint = QLabel(
-            "Provider health is in the Debug Integrations dock; live hook envelopes are in the "
-            "Modder Hooks dock (System menu)."
+            "Provider health is in the Debug Integrations dock; live hook envelopes and each "
+            "plugin's status and log are in the Modder Hooks dock's Stream and Plugins tabs "
+            "(System menu)."
         )
         hint.setObjectName("info")
         hint.setWordWrap(True)

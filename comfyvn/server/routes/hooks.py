@@ -381,12 +381,27 @@ async def list_plugins(request: Request) -> dict[str, Any]:
 
 @router.post(
     "/plugins/reload",
-    summary="Re-import every plugin without restarting the server (dev mode)",
-    responses={409: {"description": "Dev mode is off"}},
+    summary="Reload plugins without restarting the server; transactional per plugin",
+    description="Every plugin, or only `name`. A plugin whose new version fails to import or "
+    "set up keeps its previous version running: the answer is `ok: false` and that plugin's "
+    "result has `status: error`, `running: previous` and the error with file and line.",
+    responses={404: {"description": "No plugin of that name"}, 409: {"description": "No plugins"}},
 )
-async def reload_plugins(request: Request) -> dict[str, Any]:
+async def reload_plugins(
+    request: Request,
+    name: Annotated[str | None, Query(description="Only this plugin")] = None,
+) -> dict[str, Any]:
     services = get_services(request)
-    if services.plugin_host is None:
-        raise HTTPException(409, "dev mode is off: start the server with --dev to run plugins")
-    await asyncio.to_thread(services.plugin_host.reload)
-    return {"ok": True, **services.describe_plugin_host()}
+    host = services.plugin_host
+    if host is None or (not services.settings.dev_mode and not services.settings.plugins):
+        raise HTTPException(
+            409,
+            "no plugins run on this server: dev mode is off and no installed plugin is "
+            "enabled (start with --dev, or --plugin NAME)",
+        )
+    try:
+        report = await asyncio.to_thread(host.reload, [name] if name else None)
+    except KeyError:
+        known = ", ".join(repr(p["name"]) for p in host.describe()["plugins"]) or "none"
+        raise HTTPException(404, f"no plugin named {name!r}; known plugins: {known}") from None
+    return {**services.describe_plugin_host(), **report}
