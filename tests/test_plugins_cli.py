@@ -269,3 +269,13 @@ def test_full_option_names_still_parse() -> None:
     assert args.plugin == ["x"] and args.plugin_root == "r" and args.no_watch
     new = build_parser().parse_args(["plugins", "new", "demo", "--plugin-root", "r", "--force"])
     assert isinstance(new, argparse.Namespace) and new.force and new.plugin_root == "r"
+
+
+def test_a_token_that_starts_with_a_dash_is_read_as_the_value() -> None:
+    """About one generated token in 64 used to start with '-', and `--token -abc` was then a
+    usage error; new tokens never start with '-', and old ones still work as a value."""
+    from comfyvn.cli import _join_dash_values, build_parser
+
+    argv = _join_dash_values(["plugins", "list", "--token", "-abc_DEF", "--server", "http://x"])
+    args = build_parser().parse_args(argv)
+    assert args.token == "-abc_DEF" and args.server == "http://x"

@@ -21,6 +21,9 @@ from .api import Connection
 __all__ = ["tail"]
 
 _TRANSIENT = frozenset({408, 425, 429})  # client errors worth retrying
+# The server sends its hello as soon as the stream is open. A server that accepted and then
+# says nothing (stuck mid-shutdown) is retried instead of waited on until keepalive gives up.
+HELLO_TIMEOUT_S = 10.0
 
 
 def _stream_url(conn: Connection, topics: list[str] | None, since: int | None) -> str:
@@ -57,7 +60,7 @@ def tail(
                 open_timeout=5,
                 max_size=None,
             ) as ws:
-                hello = json.loads(ws.recv())
+                hello = json.loads(ws.recv(timeout=HELLO_TIMEOUT_S))
                 if not hello.get("ok"):
                     print(f"comfyvn hooks tail: {hello.get('error')}", file=err)
                     return 2

@@ -200,6 +200,8 @@ def ensure_token(settings: Settings) -> str:
             log.warning("%s was readable by other users; set it to 0600", path)
         return existing
     token = secrets.token_urlsafe(32)
+    while token.startswith("-"):  # `--token -abc` reads as an option in many CLIs
+        token = secrets.token_urlsafe(32)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
