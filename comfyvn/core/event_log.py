@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 __all__ = [
     "BatchSizer",
@@ -31,9 +31,10 @@ class EventLogError(OSError):
     """The event log file cannot be opened; the message names the file and what to do."""
 
 
-@dataclass(frozen=True, slots=True)
-class LogRow:
-    """One committed envelope as stored: ``data`` is the payload already serialized to JSON."""
+class LogRow(NamedTuple):
+    """One committed envelope as stored: ``data`` is the payload already serialized to JSON.
+
+    A tuple in column order, so the writer hands a batch to ``executemany`` as it is."""
 
     seq: int
     id: str
@@ -152,8 +153,7 @@ class SQLiteEventLog:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 conn.executemany(
-                    "INSERT INTO events(seq, id, event, ts, data) VALUES (?, ?, ?, ?, ?)",
-                    [(r.seq, r.id, r.event, r.ts, r.data) for r in rows],
+                    "INSERT INTO events(seq, id, event, ts, data) VALUES (?, ?, ?, ?, ?)", rows
                 )
                 conn.execute(
                     "INSERT INTO meta(key, value) VALUES ('last_seq', ?) "

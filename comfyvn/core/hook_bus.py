@@ -1,45 +1,49 @@
-"""The hook bus: emit, durable group commit, listeners and async subscribers.
+"""The hook bus: emit, durable group commit, and the hand-off to listeners and subscribers.
 
 The hot path is :meth:`HookBus.emit`: it takes a sequence number under a lock and appends a
 tuple to a deque, nothing else. A single writer thread drains the deque, serializes payloads
 once, commits them to the event log in groups, and only then hands them on. Everything
 downstream (listeners, WebSocket/SSE subscribers, webhooks) sees committed envelopes only, so
 whatever a consumer saw is in the history and a reconnecting consumer can resume by ``seq``.
+
+Listeners live in :mod:`.listener`, subscriber cursors in :mod:`.subscription`, the envelope
+shapes in :mod:`.envelope`; this module re-exports them for existing imports.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import queue
 import secrets
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-from itertools import islice
-from typing import Any, NamedTuple
+from collections.abc import Iterable, Mapping
+from typing import Any
 
+from .envelope import Emitted, Envelope, Gap, encode_payload, envelope_dict, envelope_json
 from .event_log import BatchSizer, LogRow, RetentionPolicy, SQLiteEventLog
 from .hook_specs import HOOK_SPECS
+from .listener import Listener, ListenerHandle
+from .subscription import Subscription
 
 __all__ = [
     "BusClosedError",
     "CommitTimeout",
     "Emitted",
+    "Envelope",
     "Gap",
     "HookBus",
+    "Listener",
     "ListenerHandle",
     "Subscription",
     "UnknownHookError",
+    "envelope_dict",
+    "envelope_json",
 ]
 
 log = logging.getLogger("comfyvn.hooks")
-
-Listener = Callable[[str, dict[str, Any]], Any]
 
 
 class UnknownHookError(KeyError):
@@ -54,138 +58,6 @@ class CommitTimeout(TimeoutError):
 
 class BusClosedError(RuntimeError):
     """``emit()`` after ``close()``: refused loudly, since nothing would ever commit it."""
-
-
-class Emitted(NamedTuple):
-    event: str
-    seq: int
-    id: str
-
-
-@dataclass(frozen=True, slots=True)
-class Gap:
-    """The log no longer holds envelopes ``first..last`` (retention pruned them)."""
-
-    first: int
-    last: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"gap": True, "from": self.first, "to": self.last}
-
-
-def envelope_json(row: LogRow) -> str:
-    """The wire form of an envelope, built from the already-serialized payload."""
-    return (
-        f'{{"seq":{row.seq},"id":"{row.id}","event":"{row.event}",'
-        f'"ts":{row.ts!r},"data":{row.data}}}'
-    )
-
-
-def envelope_dict(row: LogRow) -> dict[str, Any]:
-    return {
-        "seq": row.seq,
-        "id": row.id,
-        "event": row.event,
-        "ts": row.ts,
-        "data": json.loads(row.data),
-    }
-
-
-@dataclass(eq=False)
-class ListenerHandle:
-    """A registered listener: its own worker thread and bounded queue isolate it from the rest."""
-
-    fn: Listener
-    events: frozenset[str] | None
-    name: str
-    max_queue: int = 10_000
-    calls: int = 0
-    errors: int = 0
-    dropped: int = 0
-    last_error: str | None = None
-    busy_since: float | None = None
-    stalled: bool = False
-    # What the caller registered, when ``fn`` wraps it (plugins): unregister_listener(fn) finds it.
-    source_fn: Callable[..., Any] | None = field(default=None, repr=False)
-    _queue: queue.Queue[LogRow | None] = field(init=False, repr=False)
-    _thread: threading.Thread | None = field(default=None, init=False, repr=False)
-    _discard: bool = field(default=False, init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        self._queue = queue.Queue(self.max_queue)
-
-    def wants(self, event: str) -> bool:
-        return self.events is None or event in self.events
-
-    def offer(self, row: LogRow) -> None:
-        if self._discard:
-            return
-        try:
-            self._queue.put_nowait(row)
-        except queue.Full:
-            self.dropped += 1
-            if self.dropped == 1 or self.dropped % 1000 == 0:
-                log.warning(
-                    "listener %s is not keeping up: %d events dropped", self.name, self.dropped
-                )
-
-    def start(self) -> None:
-        self._thread = threading.Thread(
-            target=self._run, name=f"hook-listener:{self.name}", daemon=True
-        )
-        self._thread.start()
-
-    def stop(self, timeout: float = 2.0, *, discard: bool = False) -> None:
-        """Stop the worker. ``discard`` (unregister, plugin reload) drops what is still queued,
-        so a listener that was mid-call never runs again on old events once it returns."""
-        if discard:
-            self._discard = True
-            with contextlib.suppress(queue.Empty):
-                while True:
-                    self._queue.get_nowait()
-        with contextlib.suppress(queue.Full):
-            self._queue.put_nowait(None)
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout)
-
-    def _run(self) -> None:
-        while (row := self._queue.get()) is not None:
-            if self._discard:
-                break
-            self.busy_since = time.monotonic()
-            try:
-                self.fn(row.event, json.loads(row.data))  # a fresh copy for every listener
-            except BaseException as exc:  # SystemExit from a plugin must not end its worker
-                self.errors += 1
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                if self.errors == 1:
-                    log.exception(
-                        "listener %s failed on %s (seq %d)", self.name, row.event, row.seq
-                    )
-                else:
-                    log.warning(
-                        "listener %s failed again on %s (seq %d): %s [%d failures]",
-                        self.name,
-                        row.event,
-                        row.seq,
-                        self.last_error,
-                        self.errors,
-                    )
-            finally:
-                self.calls += 1
-                self.busy_since = None
-                self.stalled = False
-
-    def stats(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "events": sorted(self.events) if self.events is not None else ["*"],
-            "calls": self.calls,
-            "errors": self.errors,
-            "dropped": self.dropped,
-            "stalled": self.stalled,
-            "last_error": self.last_error,
-        }
 
 
 class HookBus:
@@ -226,7 +98,11 @@ class HookBus:
         self._committed_seq = self._seq
         self._commit_cond = threading.Condition()
         self._async_waiters: list[tuple[int, asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
-        self._ring: deque[LogRow] = deque(maxlen=ring_size)
+        # The ring: the last committed envelopes, contiguous by seq, so a cursor maps to an index
+        # (ring[seq - ring_first]) and a read costs its own length, not the ring's.
+        self._ring_size = ring_size
+        self._ring: list[Envelope] = []
+        self._ring_first = self._seq + 1
         self._ring_lock = threading.Lock()
         self._subscriptions: dict[asyncio.AbstractEventLoop, set[Subscription]] = {}
         self._subs_lock = threading.Lock()
@@ -297,11 +173,9 @@ class HookBus:
 
     # -- writer thread -----------------------------------------------------------------------
     def _drain(self, limit: int = 2000) -> list[tuple[int, str, float, Any]]:
-        batch = []
         pending = self._pending
-        while pending and len(batch) < limit:
-            batch.append(pending.popleft())
-        return batch
+        take = pending.popleft
+        return [take() for _ in range(min(limit, len(pending)))]
 
     def _run_writer(self) -> None:
         """Drain, serialize once, commit as a group, hand on; retry a failing log forever
@@ -340,11 +214,11 @@ class HookBus:
         becomes an explicit error payload: the envelope keeps its seq, the wire stays valid
         JSON for every client, and the writer thread never dies over one bad emitter."""
         try:
-            data = json.dumps(payload, separators=(",", ":"), default=str, allow_nan=False)
+            data = encode_payload(payload)
         except (TypeError, ValueError, RecursionError) as exc:
             reason = f"payload could not be serialized to JSON: {type(exc).__name__}: {exc}"
             log.error("%s (seq %d): %s", event, seq, reason)
-            data = json.dumps({"error": reason}, separators=(",", ":"))
+            data = encode_payload({"error": reason})
         return LogRow(seq, f"evt_{self._boot}_{seq}", event, ts, data)
 
     def _commit_with_retry(self, rows: list[LogRow]) -> bool:
@@ -406,8 +280,21 @@ class HookBus:
 
     def _on_commit(self, rows: list[LogRow]) -> None:
         top = rows[-1].seq
+        envelopes = [
+            Envelope(
+                r.seq,
+                r.event,
+                f'{{"seq":{r.seq},"id":"{r.id}","event":"{r.event}","ts":{r.ts!r},"data":{r.data}}}',
+            )
+            for r in rows
+        ]  # the wire form, once for every subscriber (envelope_json, inlined: hot loop)
         with self._ring_lock:
-            self._ring.extend(rows)
+            ring = self._ring
+            ring.extend(envelopes)
+            excess = len(ring) - self._ring_size
+            if excess >= self._ring_size // 4 or (excess > 0 and len(rows) >= self._ring_size):
+                del ring[:excess]  # trimmed in chunks: amortized O(1) per envelope
+                self._ring_first += excess
         with self._commit_cond:
             self._committed_seq = top
             self._commit_cond.notify_all()
@@ -534,16 +421,14 @@ class HookBus:
         with self._subs_lock:
             return sum(len(s) for s in self._subscriptions.values())
 
-    def _from_ring(self, cursor: int, limit: int) -> list[LogRow] | None:
-        """Rows after ``cursor`` from memory, or None when the ring no longer reaches back."""
+    def _from_ring(self, cursor: int, limit: int) -> list[Envelope] | None:
+        """Envelopes after ``cursor`` from memory, or None when the ring no longer reaches
+        back that far (the subscription then reads the log)."""
         with self._ring_lock:
-            if not self._ring:
-                return None if cursor < self._committed_seq else []
-            first = self._ring[0].seq
-            if cursor + 1 < first:
+            start = cursor + 1 - self._ring_first
+            if start < 0:
                 return None
-            start = cursor + 1 - first
-            return list(islice(self._ring, start, start + limit))
+            return self._ring[start : start + limit]
 
     # -- history -----------------------------------------------------------------------------
     def history(
@@ -585,88 +470,3 @@ class HookBus:
 def _resolve(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
-
-
-class Subscription:
-    """A cursor that never drops: it reads from memory, or from the log when it fell behind."""
-
-    def __init__(
-        self,
-        bus: HookBus,
-        topics: frozenset[str] | None,
-        cursor: int,
-        loop: asyncio.AbstractEventLoop,
-    ) -> None:
-        self.bus = bus
-        self.topics = topics
-        self.cursor = cursor
-        self.loop = loop
-        self._wake = asyncio.Event()
-        self.closed = False
-
-    def _matches(self, row: LogRow) -> bool:
-        return self.topics is None or row.event in self.topics
-
-    async def next_batch(self, limit: int = 500) -> list[LogRow | Gap]:
-        """Wait for and return the next envelopes (or a gap notice) after the cursor."""
-        while True:
-            self._wake.clear()
-            items = await self._collect(limit)
-            if items:
-                return items
-            await self._wake.wait()
-
-    async def _collect(self, limit: int) -> list[LogRow | Gap]:
-        bus = self.bus
-        while self.cursor < bus.committed_seq:
-            rows = bus._from_ring(self.cursor, limit)
-            if rows is None:
-                items, cursor = await asyncio.to_thread(self._read_log, self.cursor, limit)
-                # Moved only here, once the rows are handed over: a caller cancelled while the
-                # log was being read (a timeout, a closing stream) loses nothing.
-                self.cursor = cursor
-                if items:
-                    return items
-                continue
-            if not rows:
-                return []
-            self.cursor = rows[-1].seq
-            matched: list[LogRow | Gap] = [r for r in rows if self._matches(r)]
-            if matched:
-                return matched
-        return []
-
-    def _read_log(self, cursor: int, limit: int) -> tuple[list[LogRow | Gap], int]:
-        """Rows after ``cursor`` from the log and the cursor after them (not applied here).
-
-        The oldest seq is read after the rows, so retention pruning that races the read shows
-        up as an explicit gap instead of a silent hole.
-        """
-        bus = self.bus
-        snapshot = bus.committed_seq
-        rows = bus.log.read_since(cursor, limit, self.topics)
-        complete = len(rows) < limit  # everything committed up to the snapshot was read
-        first = bus.log.first_seq()
-        items: list[LogRow | Gap] = []
-        missing_to = snapshot if first is None else first - 1
-        if missing_to > cursor:
-            items.append(Gap(cursor + 1, missing_to))
-            rows = [r for r in rows if r.seq > missing_to]
-            cursor = missing_to
-        items.extend(rows)
-        if rows:
-            cursor = max(cursor, rows[-1].seq)
-        if complete:
-            cursor = max(cursor, snapshot)
-        return items, cursor
-
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            self.bus._unsubscribe(self)
-
-    async def __aenter__(self) -> Subscription:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.close()

@@ -27,7 +27,7 @@ from comfyvn.webhooks import start_webhooks
 
 from .errors import COMMON_ERRORS
 from .routes import assets as asset_routes
-from .routes import hooks
+from .routes import hooks, streams
 from .routes import providers as provider_routes
 from .routes import scenario as scenario_routes
 from .routes import webhooks as webhook_routes
@@ -40,6 +40,7 @@ log = logging.getLogger("comfyvn.server")
 
 ROUTERS = [
     hooks.router,
+    streams.router,
     scenario_routes.router,
     asset_routes.router,
     provider_routes.router,
