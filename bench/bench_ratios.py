@@ -9,7 +9,9 @@ docs/performance.md.
 
 1. ``durable_throughput``: 200k ``HookBus.emit()`` then flush on a real SQLite file, against
    raw ``sqlite3`` (WAL, synchronous=NORMAL) ``executemany`` of the same rows in chunks of 2000
-   (same table and indexes, payloads serialized with ``json.dumps`` as the writer does).
+   (same table and indexes, payloads serialized with ``json.dumps`` as the writer does). The bus
+   is built as the server builds it, so retention (100k events) prunes during the run; the same
+   with retention off is context (``ratio_retention_off``).
 2. ``rest_cpu`` / ``rest_p99``: ``POST /api/modder/hooks/test`` from 16 concurrent keep-alive
    clients (a separate load-generator process, bench/ratio_load.py) against ``comfyvn serve``,
    and against a bare FastAPI route on the same uvicorn options (bench/ratio_refs.py). Server
@@ -28,7 +30,9 @@ docs/performance.md.
    one endpoint (min(concurrency, per_endpoint) from comfyvn/webhooks/config.py).
 5. ``emit_p999``: in-process ``emit()`` p99.9 over 200k calls, timed one by one with
    ``perf_counter_ns`` (the timer's own median cost subtracted from both), against
-   ``deque.append`` of the same tuple under a ``threading.Lock``.
+   ``deque.append`` of the same tuple under a ``threading.Lock``. The reference deque is bounded
+   (as if drained, like ours); an unbounded one holding all 200k tuples is context
+   (``ratio_vs_unbounded_deque``): its tail is mostly the garbage collector scanning it.
 
 The in-process figures run each side in a fresh child process; the servers run once per
 figure and are interleaved round by round. Run: ``.venv/bin/python bench/bench_ratios.py``
@@ -102,6 +106,32 @@ CREATE INDEX events_by_ts ON events(ts);
 """
 
 
+def _die_with_parent() -> None:
+    """Runs in each child before exec: SIGTERM it if this process dies, even by SIGKILL (a
+    timeout in run_all.py), so no server or load generator outlives the benchmark."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def popen(cmd: list[str], **kwargs: Any) -> subprocess.Popen[str]:
+    return subprocess.Popen(cmd, cwd=ROOT, text=True, preexec_fn=_die_with_parent, **kwargs)
+
+
+def run(cmd: list[str], timeout: float) -> str:
+    """A child to completion; its stdout. A timeout kills it (and the error says so)."""
+    with popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise RuntimeError(f"{cmd[2:4]} took over {timeout} s") from None
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd[2:4]} failed:\n{err[-3000:]}")
+    return out
+
+
 def log(msg: str) -> None:
     print(f"[bench_ratios] {msg}", file=sys.stderr, flush=True)
 
@@ -118,13 +148,17 @@ def met(ratio: float | None, target: str) -> bool | None:
     return ratio >= float(value) if op == ">=" else ratio <= float(value)
 
 
+def _ratio(ours: float, ref: float) -> float | None:
+    return round(ours / ref, 3) if ref else None
+
+
 def figure(
     name: str, label: str, unit: str, ours: list[float], ref: list[float], **context: Any
 ) -> dict[str, Any]:
     """Medians of each side over the rounds; the ratio of the medians; the rounds' own ratios
     (ours_i / ref_i, paired by round) as the spread."""
     o, r = statistics.median(ours), statistics.median(ref)
-    ratio = round(o / r, 3) if r else None
+    ratio = _ratio(o, r)
     paired = [a / b for a, b in zip(ours, ref, strict=False) if b]
     return {
         "label": label,
@@ -143,10 +177,7 @@ def figure(
 def run_child(name: str, *args: Any, timeout: float = 300) -> dict[str, Any]:
     """One side of one round in a fresh interpreter; returns the JSON it printed last."""
     cmd = [sys.executable, str(BENCH / "bench_ratios.py"), "--child", name, *map(str, args)]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{name} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return json.loads(run(cmd, timeout).strip().splitlines()[-1])
 
 
 def timer_overhead_ns(samples: int = 200_000) -> float:
@@ -205,9 +236,9 @@ class _RefEmitter:
     The deque is bounded (10k, the size of our ring) as if something drained it: otherwise the
     reference would time the garbage collector scanning 200k live tuples, not the append."""
 
-    def __init__(self) -> None:
+    def __init__(self, maxlen: int | None = 10_000) -> None:
         self._lock = threading.Lock()
-        self._pending: deque[tuple[int, str, float, Any]] = deque(maxlen=10_000)
+        self._pending: deque[tuple[int, str, float, Any]] = deque(maxlen=maxlen)
         self._seq = 0
 
     def emit(self, event: str, payload: Any) -> int:
@@ -217,8 +248,8 @@ class _RefEmitter:
             return self._seq
 
 
-def child_emit_ref(n: int) -> dict[str, Any]:
-    ref = _RefEmitter()
+def child_emit_ref(n: int, bounded: str = "bounded") -> dict[str, Any]:
+    ref = _RefEmitter(10_000 if bounded == "bounded" else None)
     emit = ref.emit
     for _ in range(20_000):
         emit(EVENT, PAYLOAD)
@@ -245,13 +276,16 @@ def _schema(path: Path) -> list[str]:
     return sorted(" ".join(r[0].replace("IF NOT EXISTS ", "").split()) for r in rows)
 
 
-def child_durable_ours(n: int) -> dict[str, Any]:
-    from comfyvn.core.event_log import SQLiteEventLog
+def child_durable_ours(n: int, retention: str = "default") -> dict[str, Any]:
+    from comfyvn.core.event_log import RetentionPolicy, SQLiteEventLog
     from comfyvn.core.hook_bus import HookBus
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "events.sqlite3"
-        bus = HookBus(SQLiteEventLog(path))  # as bench_hooks.py and the server build it
+        if retention == "default":  # as bench_hooks.py and the server build it (100k events)
+            bus = HookBus(SQLiteEventLog(path))
+        else:  # COMFYVN_HISTORY_MAX_EVENTS=0 and _MAX_AGE=0: no pruning during the run
+            bus = HookBus(SQLiteEventLog(path), retention=RetentionPolicy(None, None))
         emit = bus.emit
         began = time.perf_counter()
         for _ in range(n):
@@ -404,9 +438,7 @@ class Server:
 
     def __init__(self, cmd: list[str], marker: str, log_path: Path, env: dict[str, str]) -> None:
         self.log_file = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=self.log_file, text=True
-        )
+        self.proc = popen(cmd, env=env, stdout=subprocess.PIPE, stderr=self.log_file)
         self.url = ""
         ready = threading.Event()
 
@@ -468,29 +500,32 @@ def ref_server(tmp: Path, role: str) -> Iterator[Server]:
 
 def run_load(*args: Any, timeout: float = 300) -> dict[str, Any]:
     cmd = [sys.executable, str(BENCH / "ratio_load.py"), *map(str, args)]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-    if proc.returncode != 0:
-        raise RuntimeError(f"load generator failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return json.loads(run(cmd, timeout).strip().splitlines()[-1])
 
 
 # -- the figures -------------------------------------------------------------------------------
-def interleave(rounds: int, ours: Callable[[], Any], ref: Callable[[], Any]) -> tuple[list, list]:
-    got_ours, got_ref = [], []
+def interleave(rounds: int, *sides: Callable[[], Any]) -> list[list[Any]]:
+    """ours, ref[, extra], ours, ref[, extra], ...: every side sees the same drift."""
+    got: list[list[Any]] = [[] for _ in sides]
     for i in range(rounds):
-        got_ours.append(ours())
-        got_ref.append(ref())
+        for side, out in zip(sides, got, strict=True):
+            out.append(side())
         log(f"  round {i + 1}/{rounds} done")
-    return got_ours, got_ref
+    return got
 
 
 def fig_emit(args: argparse.Namespace) -> dict[str, Any]:
     n = args.emit_events
     log(f"emit p99.9: {n} calls x {args.rounds} rounds each side")
-    ours, ref = interleave(
-        args.rounds, lambda: run_child("emit-ours", n), lambda: run_child("emit-ref", n)
+    ours, ref, unbounded = interleave(
+        args.rounds,
+        lambda: run_child("emit-ours", n),
+        lambda: run_child("emit-ref", n, "bounded"),
+        lambda: run_child("emit-ref", n, "unbounded"),
     )
     med = statistics.median
+    ours_p999 = med(r["p999_us"] for r in ours)
+    unbounded_p999 = med(r["p999_us"] for r in unbounded)
     return {
         "emit_p999": figure(
             "emit_p999",
@@ -505,6 +540,10 @@ def fig_emit(args: argparse.Namespace) -> dict[str, Any]:
             ref_p99_us=med(r["p99_us"] for r in ref),
             ours_max_us=med(r["max_us"] for r in ours),
             timer_overhead_ns=med(r["timer_overhead_ns"] for r in ours + ref),
+            # The literal reference: an unbounded deque holding all 200k tuples. Its tail is the
+            # garbage collector scanning that growing heap, which our drained deque never has.
+            ref_unbounded_deque_p999_us=unbounded_p999,
+            ratio_vs_unbounded_deque=_ratio(ours_p999, unbounded_p999),
         )
     }
 
@@ -512,9 +551,14 @@ def fig_emit(args: argparse.Namespace) -> dict[str, Any]:
 def fig_durable(args: argparse.Namespace) -> dict[str, Any]:
     n = args.durable_events
     log(f"durable throughput: {n} events x {args.rounds} rounds each side")
-    ours, ref = interleave(
-        args.rounds, lambda: run_child("durable-ours", n), lambda: run_child("durable-ref", n)
+    ours, ref, no_retention = interleave(
+        args.rounds,
+        lambda: run_child("durable-ours", n),
+        lambda: run_child("durable-ref", n),
+        lambda: run_child("durable-ours", n, "off"),
     )
+    med = statistics.median
+    no_retention_rate = med(n / r["seconds"] for r in no_retention)
     return {
         "durable_throughput": figure(
             "durable_throughput",
@@ -526,7 +570,10 @@ def fig_durable(args: argparse.Namespace) -> dict[str, Any]:
             ours_seconds=round(statistics.median(r["seconds"] for r in ours), 3),
             ref_seconds=round(statistics.median(r["seconds"] for r in ref), 3),
             ours_rows_pruned_by_retention=max(r["pruned"] for r in ours),
-            same_schema=all(r["schema"] == ref[0]["schema"] for r in ours),
+            # The same with retention off: the insert path alone, the exact work of the reference.
+            ours_retention_off_events_per_s=round(no_retention_rate, 1),
+            ratio_retention_off=_ratio(no_retention_rate, med(n / r["seconds"] for r in ref)),
+            same_schema=all(r["schema"] == ref[0]["schema"] for r in ours + no_retention),
         )
     }
 
@@ -614,9 +661,9 @@ def fanout_round(server: Server, token: str, args: argparse.Namespace) -> dict[s
     """Readers connect and say READY; the producer (already connected) is told to go."""
     load = [sys.executable, str(BENCH / "ratio_load.py")]
     producer_cmd = [*load, "produce", "--url", server.url, "--token", token]
-    producer = subprocess.Popen(
+    producer = popen(
         [*producer_cmd, "--events", str(args.ws_events), "--rate", str(args.ws_rate)],
-        cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
     )  # fmt: skip
     readers_cmd = [
         *load, "ws-readers", "--url", server.url, "--token", token, "--pid", server.pid,
@@ -625,9 +672,7 @@ def fanout_round(server: Server, token: str, args: argparse.Namespace) -> dict[s
     ]  # fmt: skip
     if args.ws_compression:
         readers_cmd.append("--compression")
-    readers = subprocess.Popen(
-        list(map(str, readers_cmd)), cwd=ROOT, stdout=subprocess.PIPE, text=True
-    )
+    readers = popen(list(map(str, readers_cmd)), stdout=subprocess.PIPE)
     try:
         assert producer.stdout and producer.stdin and readers.stdout
         if producer.stdout.readline().strip() != "READY":
@@ -647,6 +692,9 @@ def fanout_round(server: Server, token: str, args: argparse.Namespace) -> dict[s
             if proc.poll() is None:
                 proc.kill()
             proc.wait(10)
+            for stream in (proc.stdin, proc.stdout):
+                if stream is not None:
+                    stream.close()
 
 
 def fig_ws(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import sys
@@ -161,7 +162,6 @@ async def ws_readers(args: argparse.Namespace) -> dict[str, Any]:
         json.loads(await ws.recv())  # the hello: subscribed from here on
     latencies: list[float] = []
     seqs: list[list[int]] = [[] for _ in conns]
-    last_at = [0.0]
 
     async def read(i: int, ws: Any) -> None:
         mine = seqs[i]
@@ -173,7 +173,6 @@ async def ws_readers(args: argparse.Namespace) -> dict[str, Any]:
             at = now()
             mine.append(msg["seq"])
             latencies.append(at - msg["data"]["timestamp"])
-        last_at[0] = max(last_at[0], time.time())
 
     cpu0 = server_cpu_s(args.pid)
     print("READY", flush=True)
@@ -189,8 +188,7 @@ async def ws_readers(args: argparse.Namespace) -> dict[str, Any]:
         await ws.close()
     frames = sum(len(s) for s in seqs)
     in_order = all(
-        len(s) == args.events and all(b == a + 1 for a, b in zip(s, s[1:], strict=False))
-        for s in seqs
+        len(s) == args.events and all(b == a + 1 for a, b in itertools.pairwise(s)) for s in seqs
     )
     return {
         "clients": args.clients,

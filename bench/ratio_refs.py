@@ -124,7 +124,9 @@ def ws_app() -> Any:
         finally:
             queues.discard(queue)
 
-    return Starlette(routes=[Route(EMIT_PATH, emit, methods=["POST"]), WebSocketRoute(WS_PATH, stream)])
+    return Starlette(
+        routes=[Route(EMIT_PATH, emit, methods=["POST"]), WebSocketRoute(WS_PATH, stream)]
+    )
 
 
 def serve(app: Any) -> None:
@@ -180,9 +182,7 @@ async def receiver_main() -> None:
                         waiters.append(fut)
                         at = await fut
                     body = repr(at).encode()
-                writer.write(
-                    b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
-                )
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
             pass
         finally:

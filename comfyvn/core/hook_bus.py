@@ -22,7 +22,15 @@ from collections import deque
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .envelope import Emitted, Envelope, Gap, encode_payload, envelope_dict, envelope_json
+from .envelope import (
+    Emitted,
+    Envelope,
+    Gap,
+    encode_payload,
+    envelope_dict,
+    envelope_json,
+    envelope_of,
+)
 from .event_log import BatchSizer, LogRow, RetentionPolicy, SQLiteEventLog
 from .hook_specs import HOOK_SPECS
 from .listener import Listener, ListenerHandle
@@ -67,6 +75,7 @@ class HookBus:
     # BatchSizer.budget_s each: still ~100k rows/s on a small VM, far above any emit rate,
     # while the WAL it writes (a deleted row costs about its own size) stays a trickle.
     PRUNE_DUTY = 0.2
+    PRUNE_DUTY_BUSY = 0.05
 
     def __init__(
         self,
@@ -91,7 +100,7 @@ class HookBus:
         self._known = HOOK_SPECS  # live view: hooks defined later are accepted too
         self._seq_lock = threading.Lock()
         self._seq = self._start_seq = self.log.latest_seq()
-        self._pending: deque[tuple[int, str, float, Any]] = deque()
+        self._pending: deque[tuple[int, str, str, float, Any]] = deque()
         self._wake = threading.Event()
         self._writer_idle = False
         self._stopping = False
@@ -101,7 +110,8 @@ class HookBus:
         # The ring: the last committed envelopes, contiguous by seq, so a cursor maps to an index
         # (ring[seq - ring_first]) and a read costs its own length, not the ring's.
         self._ring_size = ring_size
-        self._ring: list[Envelope] = []
+        self._ring: list[LogRow] = []
+        self._ring_env: list[Envelope | None] = []  # the wire form, once built
         self._ring_first = self._seq + 1
         self._ring_lock = threading.Lock()
         self._subscriptions: dict[asyncio.AbstractEventLoop, set[Subscription]] = {}
@@ -122,10 +132,11 @@ class HookBus:
                 raise BusClosedError(f"the hook bus is closed; {event} was not emitted")
             self._seq += 1
             seq = self._seq
-            self._pending.append((seq, event, time.time(), payload))
+            event_id = f"evt_{self._boot}_{seq}"
+            self._pending.append((seq, event_id, event, time.time(), payload))
         if self._writer_idle:
             self._wake.set()
-        return Emitted(event, seq, f"evt_{self._boot}_{seq}")
+        return Emitted(event, seq, event_id)
 
     # -- commit tracking ---------------------------------------------------------------------
     @property
@@ -160,7 +171,8 @@ class HookBus:
             waiter = (seq, loop, fut)
             self._async_waiters.append(waiter)
         try:
-            await asyncio.wait_for(fut, timeout)
+            async with asyncio.timeout(timeout):
+                await fut
         except TimeoutError:
             raise CommitTimeout(self._timeout_message(seq)) from None
         finally:  # timed out or cancelled: the writer must not keep (or call into) this loop
@@ -172,7 +184,7 @@ class HookBus:
         return f"event {seq} was not committed to the event log in time{reason}"
 
     # -- writer thread -----------------------------------------------------------------------
-    def _drain(self, limit: int = 2000) -> list[tuple[int, str, float, Any]]:
+    def _drain(self, limit: int = 5000) -> list[tuple[int, str, str, float, Any]]:
         pending = self._pending
         take = pending.popleft
         return [take() for _ in range(min(limit, len(pending)))]
@@ -186,7 +198,7 @@ class HookBus:
             self._maintain(time.monotonic())
             batch = self._drain()
             if batch:
-                rows = [self._row(*item) for item in batch]
+                rows = self._rows(batch)
                 if not self._commit_with_retry(rows):
                     return
                 self._on_commit(rows)
@@ -209,17 +221,26 @@ class HookBus:
             self._writer_idle = False
             self._wake.clear()
 
-    def _row(self, seq: int, event: str, ts: float, payload: Any) -> LogRow:
-        """Serialize once. A payload that is not JSON (NaN, a circular reference, a tuple key)
-        becomes an explicit error payload: the envelope keeps its seq, the wire stays valid
-        JSON for every client, and the writer thread never dies over one bad emitter."""
+    def _rows(self, batch: list[tuple[int, str, str, float, Any]]) -> list[LogRow]:
+        """Serialize each payload once, in one pass; a batch holding a payload that is not JSON
+        is redone row by row so only that row becomes an error payload."""
+        encode = encode_payload
+        try:
+            return [LogRow(s, i, e, ts, encode(p)) for s, i, e, ts, p in batch]
+        except (TypeError, ValueError, RecursionError):
+            return [self._row(*item) for item in batch]
+
+    def _row(self, seq: int, event_id: str, event: str, ts: float, payload: Any) -> LogRow:
+        """A payload that is not JSON (NaN, a circular reference, a tuple key) becomes an
+        explicit error payload: the envelope keeps its seq, the wire stays valid JSON for every
+        client, and the writer thread never dies over one bad emitter."""
         try:
             data = encode_payload(payload)
         except (TypeError, ValueError, RecursionError) as exc:
             reason = f"payload could not be serialized to JSON: {type(exc).__name__}: {exc}"
             log.error("%s (seq %d): %s", event, seq, reason)
             data = encode_payload({"error": reason})
-        return LogRow(seq, f"evt_{self._boot}_{seq}", event, ts, data)
+        return LogRow(seq, event_id, event, ts, data)
 
     def _commit_with_retry(self, rows: list[LogRow]) -> bool:
         delay = 0.05
@@ -268,7 +289,10 @@ class HookBus:
         # Rest between batches so that pruning takes at most PRUNE_DUTY of the writer and of
         # the disk: SQLite's WAL checkpoints stay small and I/O stays smooth. Emits are
         # committed during the rest as usual.
-        rest = elapsed * (1.0 - self.PRUNE_DUTY) / self.PRUNE_DUTY
+        # While emits queue up (a burst), retention yields further: it can catch up when the
+        # burst is over, and a log briefly above its bound costs nothing.
+        duty = self.PRUNE_DUTY_BUSY if len(self._pending) > 1000 else self.PRUNE_DUTY
+        rest = elapsed * (1.0 - duty) / duty
         self._prune_resume_at = time.monotonic() + rest
         self._prune_sizer.update(removed, elapsed)
         stats = self.prune_stats
@@ -280,20 +304,22 @@ class HookBus:
 
     def _on_commit(self, rows: list[LogRow]) -> None:
         top = rows[-1].seq
-        envelopes = [
-            Envelope(
-                r.seq,
-                r.event,
-                f'{{"seq":{r.seq},"id":"{r.id}","event":"{r.event}","ts":{r.ts!r},"data":{r.data}}}',
-            )
-            for r in rows
-        ]  # the wire form, once for every subscriber (envelope_json, inlined: hot loop)
+        # The wire form is built once per envelope for every subscriber: here, off the event
+        # loop, while anyone subscribes; else on the first read (nobody may ever read it).
+        if self._subscriptions:
+            envelopes: list[Envelope | None] = [
+                Envelope(r.seq, r.event, envelope_json(r)) for r in rows
+            ]
+        else:
+            envelopes = [None] * len(rows)
         with self._ring_lock:
-            ring = self._ring
-            ring.extend(envelopes)
+            ring, ring_env = self._ring, self._ring_env
+            ring.extend(rows)
+            ring_env.extend(envelopes)
             excess = len(ring) - self._ring_size
             if excess >= self._ring_size // 4 or (excess > 0 and len(rows) >= self._ring_size):
                 del ring[:excess]  # trimmed in chunks: amortized O(1) per envelope
+                del ring_env[:excess]
                 self._ring_first += excess
         with self._commit_cond:
             self._committed_seq = top
@@ -301,9 +327,15 @@ class HookBus:
             ready = [w for w in self._async_waiters if w[0] <= top]
             if ready:
                 self._async_waiters = [w for w in self._async_waiters if w[0] > top]
-        for _, loop, fut in ready:
-            with contextlib.suppress(RuntimeError):  # the waiter's loop closed meanwhile
-                loop.call_soon_threadsafe(_resolve, fut)
+        if ready:
+            # One wake-up per event loop, not per waiter: each call_soon_threadsafe is a write
+            # to the loop's self-pipe.
+            by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
+            for _, loop, fut in ready:
+                by_loop.setdefault(loop, []).append(fut)
+            for loop, futures in by_loop.items():
+                with contextlib.suppress(RuntimeError):  # the waiter's loop closed meanwhile
+                    loop.call_soon_threadsafe(_resolve_all, futures)
         with self._subs_lock:
             loops = [loop for loop, subs in self._subscriptions.items() if subs]
         for loop in loops:
@@ -428,7 +460,12 @@ class HookBus:
             start = cursor + 1 - self._ring_first
             if start < 0:
                 return None
-            return self._ring[start : start + limit]
+            envelopes = self._ring_env[start : start + limit]
+            if None in envelopes:
+                rows = self._ring[start : start + limit]
+                envelopes = [e or envelope_of(r) for e, r in zip(envelopes, rows, strict=True)]
+                self._ring_env[start : start + len(envelopes)] = envelopes
+            return envelopes  # type: ignore[return-value]
 
     # -- history -----------------------------------------------------------------------------
     def history(
@@ -467,6 +504,7 @@ class HookBus:
         self.log.close()
 
 
-def _resolve(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
+def _resolve_all(futures: list[asyncio.Future[None]]) -> None:
+    for fut in futures:
+        if not fut.done():
+            fut.set_result(None)

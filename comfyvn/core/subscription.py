@@ -37,26 +37,29 @@ class Subscription:
 
     async def next_batch(self, limit: int = 500) -> list[Envelope | Gap]:
         """Wait for and return the next envelopes (or a gap notice) after the cursor."""
+        bus = self.bus
         while True:
             self._wake.clear()
-            items = await self._collect(limit)
+            items = self._from_memory(limit)  # the common case: no await, no task
+            if items is None:
+                items, cursor = await asyncio.to_thread(self._read_log, self.cursor, limit)
+                # Moved only here, once the rows are handed over: a caller cancelled while the
+                # log was being read (a timeout, a closing stream) loses nothing.
+                self.cursor = cursor
             if items:
                 return items
-            await self._wake.wait()
+            if self.cursor >= bus.committed_seq:
+                await self._wake.wait()
 
-    async def _collect(self, limit: int) -> list[Envelope | Gap]:
+    def _from_memory(self, limit: int) -> list[Envelope | Gap] | None:
+        """The next envelopes from the ring; ``[]`` when caught up, None when the ring no
+        longer reaches back to the cursor (read the log instead)."""
         bus = self.bus
         topics = self.topics
         while self.cursor < bus.committed_seq:
             rows = bus._from_ring(self.cursor, limit)
             if rows is None:
-                items, cursor = await asyncio.to_thread(self._read_log, self.cursor, limit)
-                # Moved only here, once the rows are handed over: a caller cancelled while the
-                # log was being read (a timeout, a closing stream) loses nothing.
-                self.cursor = cursor
-                if items:
-                    return items
-                continue
+                return None
             if not rows:
                 return []
             self.cursor = rows[-1].seq
