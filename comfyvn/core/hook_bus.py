@@ -101,7 +101,11 @@ class HookBus:
         self._seq_lock = threading.Lock()
         self._seq = self._start_seq = self.log.latest_seq()
         self._pending: deque[tuple[int, str, str, float, Any]] = deque()
-        self._wake = threading.Event()
+        # The writer's doorbell: a plain lock held while no wake-up is pending, released by
+        # emit() to wake the writer (a C-level lock costs a fraction of threading.Event's
+        # Python-level Condition on this per-event path).
+        self._doorbell = threading.Lock()
+        self._doorbell.acquire()
         self._writer_idle = False
         self._stopping = False
         self._committed_seq = self._seq
@@ -135,8 +139,12 @@ class HookBus:
             event_id = f"evt_{self._boot}_{seq}"
             self._pending.append((seq, event_id, event, time.time(), payload))
         if self._writer_idle:
-            self._wake.set()
+            self._ring_doorbell()
         return Emitted(event, seq, event_id)
+
+    def _ring_doorbell(self) -> None:
+        with contextlib.suppress(RuntimeError):  # already rung: the writer will wake anyway
+            self._doorbell.release()
 
     # -- commit tracking ---------------------------------------------------------------------
     @property
@@ -217,9 +225,8 @@ class HookBus:
                 wait = 0.05
                 if self._pruning:
                     wait = min(wait, max(0.0, self._prune_resume_at - time.monotonic()))
-                self._wake.wait(wait)
+                self._doorbell.acquire(timeout=wait)
             self._writer_idle = False
-            self._wake.clear()
 
     def _rows(self, batch: list[tuple[int, str, str, float, Any]]) -> list[LogRow]:
         """Serialize each payload once, in one pass; a batch holding a payload that is not JSON
@@ -495,7 +502,7 @@ class HookBus:
             if self._stopping:
                 return
             self._stopping = True
-        self._wake.set()
+        self._ring_doorbell()
         self._writer.join(timeout)
         for handle in self.listeners():
             handle.stop(timeout=1.0)
