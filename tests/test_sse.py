@@ -113,3 +113,31 @@ def test_a_stream_that_never_starts_leaves_no_subscription(
             return app.state.services.bus.subscriber_count()
 
     assert asyncio.run(scenario()) == 0
+
+
+def test_a_standard_sse_client_dispatches_on_the_hook_name(server: ServerProcess) -> None:
+    """httpx-sse parses the stream as a browser's EventSource would: the event name is the
+    hook (so ``addEventListener("on_scene_enter", ...)`` fires), ``id`` is the seq."""
+    from httpx_sse import connect_sse
+
+    emit_scene(server, "hall")
+    seen: dict[str, list[dict]] = {}
+    with (
+        httpx.Client(timeout=15) as client,
+        connect_sse(
+            client,
+            "GET",
+            f"{server.url}/api/modder/hooks/subscribe",
+            params={"since": 0, "token": server.token},
+        ) as source,
+    ):
+        for sse in source.iter_sse():
+            seen.setdefault(sse.event, []).append({"id": sse.id, "data": sse.json()})
+            if "on_scene_enter" in seen:
+                break
+    assert seen["hello"][0]["data"]["ok"] is True
+    (entered,) = seen["on_scene_enter"]
+    assert (
+        entered["data"]["event"] == "on_scene_enter" and entered["data"]["data"]["node"] == "hall"
+    )
+    assert entered["id"] == str(entered["data"]["seq"])

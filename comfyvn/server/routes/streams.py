@@ -255,7 +255,7 @@ async def subscribe_sse(
                     if isinstance(item, Gap):
                         chunk.append(f"event: gap\ndata: {json.dumps(item.to_dict())}\n\n")
                     else:
-                        chunk.append(f"id: {item.seq}\ndata: {item.wire}\n\n")
+                        chunk.append(f"id: {item.seq}\nevent: {item.event}\ndata: {item.wire}\n\n")
                 yield "".join(chunk)
         finally:
             sub.close()
