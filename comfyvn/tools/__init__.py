@@ -1,0 +1,1 @@
+"""Small standalone tools for modders (``python -m comfyvn.tools.<name>``)."""
