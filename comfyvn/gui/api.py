@@ -25,6 +25,12 @@ class StudioApi:
     def post(self, path: str, **kwargs: Any) -> Any:
         return self._client.post(path, **kwargs)
 
+    def patch(self, path: str, **kwargs: Any) -> Any:
+        return self._client.request("PATCH", path, **kwargs)
+
+    def delete(self, path: str, **kwargs: Any) -> Any:
+        return self._client.request("DELETE", path, **kwargs)
+
     def close(self) -> None:
         self._client.close()
 

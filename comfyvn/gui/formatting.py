@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import PurePath
 from typing import Any
@@ -16,12 +17,14 @@ __all__ = [
     "format_latency",
     "format_quota",
     "format_value",
+    "mask_userinfo",
     "masked_config_lines",
     "plugin_error_text",
     "plugin_issue",
     "plugin_status",
     "quota_lines",
     "reload_summary",
+    "webhook_state",
 ]
 
 STATUS_LABELS = {"green": "OK", "amber": "Degraded", "red": "Down", "gray": "Not checked"}
@@ -244,3 +247,36 @@ def reload_summary(
     if removed:
         text += f"; removed: {', '.join(removed)}"
     return True, text
+
+
+# -- webhooks ------------------------------------------------------------------------------------
+_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^/@:\s]*):[^/@\s]*@")
+
+
+def mask_userinfo(text: Any) -> str:
+    """Any ``scheme://user:password@`` in the text becomes ``scheme://user:****@``; the server
+    masks already, this is the Studio's own second line so nothing it shows ever leaks one."""
+    return _USERINFO.sub(
+        lambda m: f"{m['scheme']}{m['user']}:****@", "" if text is None else str(text)
+    )
+
+
+def webhook_state(sub: dict[str, Any]) -> tuple[str, str, str]:
+    """(dot colour, label, reason) of a subscription: Disabled (and why), Failing (failures
+    since the last success), else Enabled."""
+    if not sub.get("enabled", True):
+        reason = sub.get("disabled_reason") or "disabled"
+        return "gray", "Disabled", mask_userinfo(reason)
+    failures = int(sub.get("consecutive_failures") or 0)
+    failed_at, ok_at = sub.get("last_failure_at"), sub.get("last_success_at")
+    if failures or (failed_at is not None and (ok_at is None or failed_at > ok_at)):
+        parts = [f"{failures} failed deliver{'y' if failures == 1 else 'ies'} in a row"]
+        if not failures:
+            parts = ["the last attempt failed"]
+        parts.append(f"last failure {format_clock(failed_at)}")
+        if ok_at is not None:
+            parts.append(f"last success {format_clock(ok_at)}")
+        return "red" if failures else "amber", "Failing", " · ".join(parts)
+    if ok_at is not None:
+        return "green", "Enabled", f"healthy · last success {format_clock(ok_at)}"
+    return "green", "Enabled", "no deliveries yet"

@@ -33,6 +33,7 @@ from .launcher import Discovery, LocalServer, discover
 from .options import WORKSPACES, StudioOptions
 from .panels.debug_integrations import DebugIntegrationsPanel
 from .panels.modder_hooks import ModderHooksTabs
+from .panels.webhooks import WebhooksPanel
 from .theme import dot_html
 from .workers import run_async
 from .workspaces.scenario import ScenarioWorkspace
@@ -85,8 +86,13 @@ class StudioWindow(QMainWindow):
         if options.hooks_tab:
             self.hooks_tabs.show_tab(options.hooks_tab)
         self.hooks_dock = self._dock("Modder Hooks", "modderHooksDock", self.hooks_tabs)
+        self.webhooks_panel = WebhooksPanel()
+        self.webhooks_dock = self._dock("Webhooks", "webhooksDock", self.webhooks_panel)
         self.addDockWidget(Qt.DockWidgetArea.BottomDockWidgetArea, self.debug_dock)
         self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.hooks_dock)
+        self.tabifyDockWidget(self.debug_dock, self.webhooks_dock)
+        self.webhooks_dock.hide()
+        self.webhooks_panel.set_exposed(False)
         self.debug_panel.summary_changed.connect(self.system.set_provider_summary)
         self.hooks_panel.stream_state_changed.connect(self._on_stream_state)
         self.debug_panel.refreshed.connect(self._on_providers_refreshed)
@@ -131,6 +137,13 @@ class StudioWindow(QMainWindow):
         self.open_plugins_action.setShortcut(QKeySequence("Ctrl+Shift+P"))
         self.open_plugins_action.setToolTip("The Modder Hooks dock's Plugins tab")
         self.open_plugins_action.triggered.connect(self.open_plugins)
+        # Checkable: ticked while the dock shows; unticking it closes the dock.
+        self.webhooks_action = QAction("Webhooks", self, checkable=True)
+        self.webhooks_action.setShortcut(QKeySequence("Ctrl+Shift+W"))
+        self.webhooks_action.setToolTip("Webhook subscriptions and their recent deliveries")
+        self.webhooks_action.triggered.connect(self.toggle_webhooks)
+        self.webhooks_dock.visibilityChanged.connect(self.webhooks_action.setChecked)
+        self.webhooks_dock.visibilityChanged.connect(self.webhooks_panel.set_exposed)
         self.refresh_action = QAction("Refresh Providers", self)
         self.refresh_action.setShortcut(QKeySequence("F5"))
         self.refresh_action.triggered.connect(self.debug_panel.refresh)
@@ -160,6 +173,7 @@ class StudioWindow(QMainWindow):
         self.system_menu.addAction(self.open_debug_action)
         self.system_menu.addAction(self.open_hooks_action)
         self.system_menu.addAction(self.open_plugins_action)
+        self.system_menu.addAction(self.webhooks_action)
         self.system_menu.addSeparator()
         self.system_menu.addAction(self.refresh_action)
         self.system_menu.addAction(self.api_docs_action)
@@ -224,6 +238,7 @@ class StudioWindow(QMainWindow):
         self.debug_panel.set_connection(api)
         self.hooks_panel.set_connection(api, max_backoff_s=self.options.timeouts.reconnect_max_s)
         self.plugins_panel.set_connection(api)
+        self.webhooks_panel.set_connection(api)
         self.scenario.set_connection(api)
         self.system.set_connection(api, discovery.origin)
         if self.options.scene:
@@ -263,6 +278,7 @@ class StudioWindow(QMainWindow):
         self.debug_panel.set_connection(None, problem)
         self.hooks_panel.set_connection(None, problem)
         self.plugins_panel.set_connection(None, problem)
+        self.webhooks_panel.set_connection(None, problem)
         self.scenario.set_connection(None, problem)
         self.system.set_connection(None, "", problem)
         first_line = problem.splitlines()[0] if problem else "no server"
@@ -306,6 +322,14 @@ class StudioWindow(QMainWindow):
         dock.show()
         dock.raise_()
 
+    def toggle_webhooks(self, show: bool = True) -> None:
+        """The System menu's Webhooks item: opens (and raises) the dock, or closes it."""
+        if show:
+            self.open_dock(self.webhooks_dock)
+        else:
+            self.webhooks_dock.close()
+        self.webhooks_action.setChecked(self.webhooks_dock.isVisible())
+
     def open_plugins(self) -> None:
         """The Modder Hooks dock, on its Plugins tab."""
         self.hooks_tabs.show_tab("plugins")
@@ -318,11 +342,13 @@ class StudioWindow(QMainWindow):
                 self.open_dock(self.debug_dock)
 
     def _default_layout(self, name: str) -> None:
-        for dock in (self.debug_dock, self.hooks_dock):
+        for dock in (self.debug_dock, self.hooks_dock, self.webhooks_dock):
             dock.setFloating(False)
         self.addDockWidget(Qt.DockWidgetArea.BottomDockWidgetArea, self.debug_dock)
         self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.hooks_dock)
+        self.tabifyDockWidget(self.debug_dock, self.webhooks_dock)  # a tab next to it
         self.hooks_dock.show()
+        self.webhooks_dock.setVisible(name == "system")
         self.debug_dock.setVisible(name == "system")
         self._size_docks(name)
 
@@ -394,6 +420,9 @@ class StudioWindow(QMainWindow):
         if self.debug_dock.isVisible() and debug.refresh_count + debug.failure_count == 0:
             return False
         if self.hooks_dock.isVisible() and self.hooks_panel.stream_state == "connecting":
+            return False
+        hooks = self.webhooks_panel
+        if hooks.shown and hooks.refresh_count + hooks.failure_count == 0:
             return False
         plugins = self.plugins_panel
         if plugins.isVisible() and plugins.load_count + plugins.failure_count == 0:

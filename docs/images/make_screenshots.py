@@ -6,7 +6,9 @@ It starts local fake providers (one of each colour), a real server (``--demo --d
 temporary data dir, plays a few scenario steps so the hook stream has content, then runs the
 screenshot command for each picture. For the Plugins tab it starts a second server whose plugin
 folder holds a healthy plugin and one whose hook raises and whose next edit does not compile
-(reloaded, so its previous version keeps running). Nothing here is drawn by hand.
+(reloaded, so its previous version keeps running). The Webhooks dock's picture comes from
+``tests/test_gui_webhooks.py`` (a healthy and a failing subscription on a real local receiver).
+Nothing here is drawn by hand.
 """
 
 from __future__ import annotations
@@ -180,6 +182,21 @@ def main() -> int:
         # A server that is not there: the picture shows what the Studio says about it.
         dead = ["--server", "http://127.0.0.1:9", "--token", "unused", "--data-dir", tmp]
         shoot("studio_offline.png", *dead, "--workspace", "system", "--wait", "10")
+    # The Webhooks dock: rendered offscreen by its test, with one healthy and one failing
+    # subscription against a real local receiver.
+    webhooks = OUT / "studio_webhooks.png"
+    print(f"$ pytest tests/test_gui_webhooks.py -k screenshot -> {webhooks}", flush=True)
+    subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "tests/test_gui_webhooks.py", "-k", "screenshot"],
+        cwd=ROOT,
+        env={
+            **os.environ,
+            "QT_QPA_PLATFORM": "offscreen",
+            "COMFYVN_WEBHOOKS_SCREENSHOT": str(webhooks),
+        },
+        check=True,
+        timeout=300,
+    )
     fake.stop()
     return 0
 

@@ -1,8 +1,8 @@
 """The System workspace's central view: which server the Studio talks to and how it is doing.
 
 Provider details live in the Debug Integrations dock, the event stream and the plugins in the
-Modder Hooks dock's tabs; this page shows the one-glance summary (server, event log, plugins,
-provider colours).
+Modder Hooks dock's tabs, webhook deliveries in the Webhooks dock; this page shows the one-glance
+summary (server, event log, plugins, provider colours).
 """
 
 from __future__ import annotations
@@ -46,7 +46,8 @@ class SystemOverview(QWidget):
         heading.setStyleSheet("font-size: 16pt; font-weight: 600;")
         hint = QLabel(
             "Provider health is in the Debug Integrations dock; live hook envelopes and each "
-            "plugin's status and log are in the Modder Hooks dock's Stream and Plugins tabs "
+            "plugin's status and log are in the Modder Hooks dock's Stream and Plugins tabs; "
+            "webhook subscriptions and their recent deliveries are in the Webhooks dock "
             "(System menu)."
         )
         hint.setObjectName("info")
