@@ -6,7 +6,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8001
 DATA   ?= var/studio
 
-.PHONY: run test lint bench fuzz clean
+.PHONY: run studio test lint bench fuzz clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,8 +21,17 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	touch $@ $(VENV)/.installed-run
 
+$(VENV)/.installed-gui: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e ".[gui]"
+	touch $@ $(VENV)/.installed-run
+
 run: $(VENV)/.installed-run
 	$(BIN)/comfyvn serve --host $(HOST) --port $(PORT) --data-dir $(DATA) --dev --demo
+
+# The Studio against the `make run` server of $(DATA) (found through its server.json), or a
+# server it starts on that data dir when none runs.
+studio: $(VENV)/.installed-gui
+	$(BIN)/comfyvn studio --data-dir $(DATA)
 
 test: $(VENV)/.installed-dev
 	$(BIN)/ruff check .

@@ -122,6 +122,13 @@ def _cmd_plugins_new(args: argparse.Namespace) -> int:
     return run_new(args)
 
 
+def _cmd_webhooks(args: argparse.Namespace) -> int:
+    from comfyvn.client import webhooks_cli
+
+    run: Callable[[argparse.Namespace], int] = getattr(webhooks_cli, f"run_{args.webhooks_command}")
+    return run(args)
+
+
 def _cmd_studio(args: argparse.Namespace) -> int:
     try:
         from comfyvn.gui.app import studio_command
@@ -133,12 +140,60 @@ def _cmd_studio(args: argparse.Namespace) -> int:
 
 def _add_connection_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--server", help="server URL (default: $COMFYVN_SERVER or http://127.0.0.1:8001)"
+        "--server",
+        help="server URL (default: $COMFYVN_SERVER, else the url in <data-dir>/server.json of "
+        "a running server, else http://127.0.0.1:8001)",
     )
     parser.add_argument(
-        "--token", help="API token (default: $COMFYVN_API_TOKEN or <data-dir>/api_token)"
+        "--token",
+        help="API token; --token=VALUE (default: $COMFYVN_API_TOKEN or that server's "
+        "<data-dir>/api_token)",
     )
-    parser.add_argument("--data-dir", help="data dir holding api_token")
+    parser.add_argument(
+        "--data-dir",
+        help="data dir of the server (default: $COMFYVN_DATA_DIR, else ~/.comfyvn, then "
+        "./var/studio: the first with a running server)",
+    )
+
+
+def _add_webhooks_parsers(sub: Any) -> None:
+    """``comfyvn webhooks ...``: the implementation (comfyvn.client.webhooks_cli) loads lazily."""
+    hooks = sub.add_parser(
+        "webhooks", help="webhook subscriptions of the running server"
+    ).add_subparsers(dest="webhooks_command", required=True)
+
+    def command(name: str, help: str, timeout: float = 30.0) -> argparse.ArgumentParser:
+        parser = hooks.add_parser(name, help=help)
+        _add_connection_args(parser)
+        parser.add_argument("--json", action="store_true", help="print the server's JSON answer")
+        parser.add_argument(
+            "--timeout", type=float, default=timeout, help=f"seconds to wait (default {timeout:g})"
+        )
+        parser.set_defaults(func=_cmd_webhooks)
+        return parser
+
+    wlist = command("list", "subscriptions as a table (secrets and URL passwords masked)")
+    wlist.add_argument("--no-color", action="store_true", help="never colour the state")
+    wadd = command("add", "subscribe URL to hooks; prints the signing secret once")
+    wadd.add_argument("url", help="receiver URL (http or https)")
+    wadd.add_argument("--events", help="hook names, comma-separated (default: every hook)")
+    wadd.add_argument("--description", help="a note for people")
+    wdel = command("deliveries", "a webhook's delivery log, newest first")
+    wdel.add_argument("id", help="webhook id (from `comfyvn webhooks list`)")
+    wdel.add_argument("--status", choices=["pending", "delivered", "failed"])
+    wdel.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    wdel.add_argument("--no-color", action="store_true", help="never colour the status")
+    wred = command(
+        "redeliver", "send one delivery again now; exit 1 if the receiver did not take it", 60.0
+    )
+    wred.add_argument("id", help="webhook id")
+    wred.add_argument("delivery_id", type=int, help="delivery id (from `deliveries`)")
+    wping = command(
+        "ping", "send a signed 'ping' now; exit 1 if the receiver did not take it", 60.0
+    )
+    wping.add_argument("id", help="webhook id")
+    wrm = command("rm", "delete a subscription and its delivery log")
+    wrm.add_argument("id", help="webhook id")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -233,6 +288,11 @@ def build_parser() -> argparse.ArgumentParser:
     pcheck.add_argument("--json", action="store_true", help="print the server's JSON answer")
     pcheck.add_argument("--no-color", action="store_true", help="never colour the status")
     pcheck.add_argument("--timeout", type=float, default=60.0, help="seconds to wait (default 60)")
+    pcheck.add_argument(
+        "--exit-code",
+        action="store_true",
+        help="exit 1 when an enabled provider is red (for scripts and CI)",
+    )
     pcheck.set_defaults(func=_cmd_providers_check)
 
     plugins = sub.add_parser("plugins", help="modder plugin tools").add_subparsers(
@@ -276,6 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pnew.add_argument("--force", action="store_true", help="overwrite an existing NAME.py")
     pnew.set_defaults(func=_cmd_plugins_new)
+
+    _add_webhooks_parsers(sub)
 
     studio = sub.add_parser("studio", help="the PySide6 Studio (starts a server if none runs)")
     _add_connection_args(studio)

@@ -1,16 +1,18 @@
 """Find the server of a data dir, or start one: no Qt here, so it runs on any worker thread.
 
 Order when no ``--server`` (or ``COMFYVN_SERVER``) is given: the URL in ``<data-dir>/server.json``
-(written by a Studio that started its own server), then http://127.0.0.1:8001 (``make run``).
+(written by every ``comfyvn serve`` once it is ready, removed when it exits; a live one wins),
+then http://127.0.0.1:8001 (``make run``).
 A candidate counts only if it answers ``/health`` *and* accepts this data dir's token, so a
 server of another data dir on the default port is never used by mistake. Otherwise the Studio
-starts ``comfyvn serve --port 0 --data-dir DIR`` and stops it on exit.
+starts ``comfyvn serve --port 0 --data-dir DIR`` and stops it on exit. A server owns its data dir
+(``server.lock``), so ``comfyvn studio --data-dir D`` attaches to the server already serving D
+and never starts a second one on it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -23,12 +25,18 @@ from pathlib import Path
 import httpx
 
 from comfyvn.client.api import DEFAULT_SERVER, Connection, resolve_connection
+from comfyvn.core.server_file import (
+    SERVER_FILE,
+    ServerInfo,
+    read_server_info,
+    remove_server_info,
+    write_server_info,
+)
 
 from .options import StudioOptions
 
 __all__ = ["SERVER_FILE", "Discovery", "LaunchError", "LocalServer", "discover", "probe"]
 
-SERVER_FILE = "server.json"
 READY_MARK = "server ready at "
 
 
@@ -120,8 +128,7 @@ class LocalServer:
         with self._lock:
             if self._stopped:  # the Studio closed while its server was starting
                 raise LaunchError("the Studio is closing; its server was stopped")
-            if started:
-                write_server_file(self.data_dir, self.url, proc.pid)
+            if started:  # the server wrote its own server.json before its ready line
                 return self.url
         tail = "".join(self.output[-8:]).strip()
         self.stop()
@@ -154,27 +161,21 @@ class LocalServer:
 
 
 def write_server_file(data_dir: Path, url: str, pid: int) -> None:
-    path = data_dir / SERVER_FILE
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"url": url, "pid": pid, "started_by": "comfyvn studio"}) + "\n")
-    os.replace(tmp, path)
+    """A ``server.json`` entry by hand (``comfyvn serve`` writes its own; tools and tests)."""
+    write_server_info(data_dir, ServerInfo(url=url, pid=pid))
 
 
 def read_server_file(data_dir: Path) -> str | None:
-    try:
-        data = json.loads((data_dir / SERVER_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    url = data.get("url") if isinstance(data, dict) else None
-    return url if isinstance(url, str) and url.startswith("http") else None
+    """The URL of the data dir's live server, else whatever URL ``server.json`` names: the
+    probe decides whether a leftover entry still answers with this data dir's token."""
+    info = read_server_info(data_dir) or read_server_info(data_dir, live_only=False)
+    return info.url if info is not None else None
 
 
 def remove_server_file(data_dir: Path, pid: int) -> None:
-    """Only our own entry: another Studio may have written a newer one meanwhile."""
-    path = data_dir / SERVER_FILE
-    with contextlib.suppress(OSError, ValueError):
-        if json.loads(path.read_text(encoding="utf-8")).get("pid") == pid:
-            path.unlink()
+    """Only ``pid``'s own entry (a server killed before it could remove its file)."""
+    with contextlib.suppress(OSError):
+        remove_server_info(data_dir, pid)
 
 
 def discover(
@@ -203,6 +204,16 @@ def discover(
     if register is not None:
         register(local)
     data_dir.mkdir(parents=True, exist_ok=True)
-    url = local.start(options.timeouts.server_start_s)
+    try:
+        url = local.start(options.timeouts.server_start_s)
+    except LaunchError:
+        # Another server took the data dir meanwhile (or was still starting): it owns the data
+        # dir, so use it rather than fail.
+        info = None if local._stopped else read_server_info(data_dir)
+        if info is not None:
+            conn = resolve_connection(info.url, options.token, data_dir)
+            if probe(conn, options.timeouts.probe_s) is None:
+                return Discovery(conn, SERVER_FILE)
+        raise
     conn = resolve_connection(url, options.token, data_dir)
     return Discovery(conn, "started by the Studio", local)

@@ -1,5 +1,8 @@
 """``comfyvn providers check``: ask the running server for fresh health checks and print a
-table. Colour only when stdout is a terminal, so logs and pipes stay plain text."""
+table. Colour only when stdout is a terminal, so logs and pipes stay plain text.
+
+Exit codes: 0 checked; 1 no answer from the server, or (with ``--exit-code``) an enabled
+provider is red; disabled providers are gray and never count."""
 
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ import httpx
 
 from comfyvn.client.api import ApiClient, ApiError, resolve_connection
 
-__all__ = ["render_table", "run"]
+__all__ = ["red_providers", "render_table", "run"]
 
 COLORS = {"green": "\033[32m", "amber": "\033[33m", "red": "\033[31m", "gray": "\033[90m"}
 RESET = "\033[0m"
@@ -46,6 +49,25 @@ def render_table(results: list[dict[str, Any]], color: bool) -> str:
     return "\n".join(lines)
 
 
+def red_providers(results: list[dict[str, Any]]) -> list[str]:
+    """Ids of the enabled providers whose check is red."""
+    return [
+        str(r.get("provider_id", "?"))
+        for r in results
+        if r.get("status") == "red" and r.get("enabled", True) is not False
+    ]
+
+
+def _verdict(args: argparse.Namespace, results: list[dict[str, Any]], err: TextIO) -> int:
+    if not getattr(args, "exit_code", False):
+        return 0
+    red = red_providers(results)
+    if red:
+        print(f"{len(red)} enabled provider(s) red: {', '.join(red)}", file=err)
+        return 1
+    return 0
+
+
 def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
     out = out or sys.stdout
     err = err or sys.stderr
@@ -74,7 +96,7 @@ def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None 
     results = body.get("results", [])
     if args.json:
         print(json.dumps(body, indent=2), file=out)
-        return 0
+        return _verdict(args, results, err)
     if not results:
         print("no providers registered (add one with POST /api/providers)", file=out)
         return 0
@@ -84,4 +106,4 @@ def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None 
     counts = ", ".join(f"{n} {s}" for s, n in summary.items() if n)
     stamp = time.strftime("%H:%M:%S", time.localtime(body.get("checked_at") or time.time()))
     print(f"\n{len(results)} provider(s): {counts}; checked at {stamp}", file=out)
-    return 0
+    return _verdict(args, results, err)
