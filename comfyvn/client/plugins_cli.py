@@ -16,9 +16,8 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-import httpx
-
-from comfyvn.client.api import ApiClient, ApiError, Connection, resolve_connection
+from comfyvn.client.api import resolve_connection
+from comfyvn.client.cli_support import CommandFailed, request_or_fail, use_color
 
 __all__ = ["default_plugin_root", "render_table", "run_list", "run_new", "run_reload"]
 
@@ -35,14 +34,6 @@ COLORS = {
 RESET = "\033[0m"
 HEADERS = ("NAME", "SOURCE", "STATUS", "RUNNING", "HOOKS", "CALLS", "ERRORS", "DETAIL")
 STATUS_COLUMN = HEADERS.index("STATUS")
-
-
-class _Failed(Exception):
-    """A request that did not get an answer to work with; ``code`` is the exit code."""
-
-    def __init__(self, code: int) -> None:
-        super().__init__(code)
-        self.code = code
 
 
 def _error_text(error: dict[str, Any] | None) -> str:
@@ -94,36 +85,6 @@ def render_table(plugins: list[dict[str, Any]], color: bool) -> str:
     return "\n".join(lines)
 
 
-def _request(
-    conn: Connection, method: str, path: str, err: TextIO, timeout: float, **kwargs: Any
-) -> Any:
-    """The server's JSON answer; an unreachable server, a refused token or an error status is
-    one line on ``err`` and :class:`_Failed` with exit code 2."""
-    try:
-        with ApiClient(conn, timeout=timeout) as client:
-            return client.request(method, path, **kwargs)
-    except httpx.TransportError as exc:
-        print(
-            f"error: cannot reach the ComfyVN server at {conn.server} ({type(exc).__name__}). "
-            "Is `comfyvn serve` running? Point at it with --server URL.",
-            file=err,
-        )
-    except ApiError as exc:
-        if exc.status == 401:
-            print(
-                f"error: the server at {conn.server} refused the API token; pass --token, "
-                "set COMFYVN_API_TOKEN, or --data-dir of that server (its api_token file)",
-                file=err,
-            )
-        else:
-            print(f"error: {exc.status} from {conn.server}: {exc.detail}", file=err)
-    raise _Failed(2)
-
-
-def _use_color(args: argparse.Namespace, out: TextIO) -> bool:
-    return out.isatty() and not getattr(args, "no_color", False)
-
-
 def _paint(text: str, status: str, color: bool) -> str:
     return f"{COLORS[status]}{text}{RESET}" if color and status in COLORS else text
 
@@ -133,8 +94,8 @@ def run_list(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | 
     err = err or sys.stderr
     conn = resolve_connection(args.server, args.token, args.data_dir)
     try:
-        body = _request(conn, "GET", "/api/modder/hooks/plugins", err, args.timeout)
-    except _Failed as failed:
+        body = request_or_fail(conn, "GET", "/api/modder/hooks/plugins", err, args.timeout)
+    except CommandFailed as failed:
         return failed.code
     if args.json:
         print(json.dumps(body, indent=2), file=out)
@@ -151,7 +112,7 @@ def run_list(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | 
         elif body.get("enabled") is not False:
             print("no plugins", file=out)
         return 0
-    print(render_table(plugins, _use_color(args, out)), file=out)
+    print(render_table(plugins, use_color(args, out)), file=out)
     counts: dict[str, int] = {}
     for plugin in plugins:
         status = str(plugin.get("status") or "?")
@@ -184,15 +145,15 @@ def run_reload(
     conn = resolve_connection(args.server, args.token, args.data_dir)
     params = {"name": args.name} if args.name else None
     try:
-        body = _request(
+        body = request_or_fail(
             conn, "POST", "/api/modder/hooks/plugins/reload", err, args.timeout, params=params
         )
-    except _Failed as failed:
+    except CommandFailed as failed:
         return failed.code
     if args.json:
         print(json.dumps(body, indent=2), file=out)
         return 0 if body.get("ok") else 1
-    color = _use_color(args, out)
+    color = use_color(args, out)
     results = body.get("results") or []
     if not results:
         print(f"no plugins to reload in {body.get('root')}", file=out)

@@ -18,9 +18,8 @@ import sys
 import time
 from typing import Any, TextIO
 
-import httpx
-
-from comfyvn.client.api import ApiClient, ApiError, Connection, resolve_connection
+from comfyvn.client.api import Connection, resolve_connection
+from comfyvn.client.cli_support import CommandFailed, request_or_fail, use_color
 from comfyvn.net import redact_url
 
 __all__ = [
@@ -45,51 +44,8 @@ COLORS = {
 RESET = "\033[0m"
 
 
-class _Failed(Exception):
-    def __init__(self, code: int) -> None:
-        super().__init__(code)
-        self.code = code
-
-
-def _request(
-    conn: Connection, method: str, path: str, err: TextIO, timeout: float, **kwargs: Any
-) -> Any:
-    """The server's JSON answer; otherwise one line on ``err`` and :class:`_Failed` (exit 2)."""
-    try:
-        with ApiClient(conn, timeout=timeout) as client:
-            return client.request(method, path, **kwargs)
-    except httpx.TransportError as exc:
-        print(
-            f"error: cannot reach the ComfyVN server at {conn.server} ({type(exc).__name__}). "
-            "Is `comfyvn serve` running? Point at it with --data-dir DIR or --server URL.",
-            file=err,
-        )
-    except ApiError as exc:
-        if exc.status == 401:
-            print(
-                f"error: the server at {conn.server} refused the API token; pass --token, "
-                "set COMFYVN_API_TOKEN, or --data-dir of that server (its api_token file)",
-                file=err,
-            )
-        else:
-            print(f"error: {exc.status} from {conn.server}: {_detail_text(exc.detail)}", file=err)
-    raise _Failed(2)
-
-
-def _detail_text(detail: Any) -> str:
-    if isinstance(detail, dict):
-        return str(detail.get("message") or detail.get("detail") or json.dumps(detail))
-    if isinstance(detail, list):  # pydantic-style errors
-        return "; ".join(str(d.get("msg", d)) if isinstance(d, dict) else str(d) for d in detail)
-    return str(detail)
-
-
 def _conn(args: argparse.Namespace) -> Connection:
     return resolve_connection(args.server, args.token, args.data_dir)
-
-
-def _color(args: argparse.Namespace, out: TextIO) -> bool:
-    return out.isatty() and not getattr(args, "no_color", False)
 
 
 def _stamp(ts: Any) -> str:
@@ -167,8 +123,8 @@ def _print_json(body: Any, out: TextIO) -> None:
 def run_list(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
     out, err = out or sys.stdout, err or sys.stderr
     try:
-        body = _request(_conn(args), "GET", WEBHOOKS, err, args.timeout)
-    except _Failed as failed:
+        body = request_or_fail(_conn(args), "GET", WEBHOOKS, err, args.timeout)
+    except CommandFailed as failed:
         return failed.code
     if args.json:
         _print_json(body, out)
@@ -177,7 +133,7 @@ def run_list(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | 
     if not hooks:
         print("no webhooks (add one with `comfyvn webhooks add URL`)", file=out)
         return 0
-    print(render_webhooks(hooks, _color(args, out)), file=out)
+    print(render_webhooks(hooks, use_color(args, out)), file=out)
     enabled = sum(1 for h in hooks if h.get("enabled"))
     print(
         f"\n{len(hooks)} webhook(s): {enabled} enabled, {len(hooks) - enabled} disabled", file=out
@@ -193,8 +149,8 @@ def run_add(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | N
     if args.description is not None:
         body["description"] = args.description
     try:
-        answer = _request(_conn(args), "POST", WEBHOOKS, err, args.timeout, json=body)
-    except _Failed as failed:
+        answer = request_or_fail(_conn(args), "POST", WEBHOOKS, err, args.timeout, json=body)
+    except CommandFailed as failed:
         return failed.code
     if args.json:
         _print_json(answer, out)
@@ -222,11 +178,11 @@ def run_deliveries(
     if args.status:
         params["status"] = args.status
     try:
-        body = _request(
+        body = request_or_fail(
             _conn(args), "GET", f"{WEBHOOKS}/{args.id}/deliveries", err, args.timeout,
             params=params,
         )  # fmt: skip
-    except _Failed as failed:
+    except CommandFailed as failed:
         return failed.code
     if args.json:
         _print_json(body, out)
@@ -235,7 +191,7 @@ def run_deliveries(
     if not items:
         print(f"no deliveries for webhook {args.id}", file=out)
         return 0
-    print(render_deliveries(items, _color(args, out)), file=out)
+    print(render_deliveries(items, use_color(args, out)), file=out)
     more = " (more: older ones exist)" if body.get("next_before") else ""
     print(f"\n{len(items)} deliver{'y' if len(items) == 1 else 'ies'}, newest first{more}",
           file=out)  # fmt: skip
@@ -265,8 +221,8 @@ def run_redeliver(
     out, err = out or sys.stdout, err or sys.stderr
     path = f"{WEBHOOKS}/{args.id}/deliveries/{args.delivery_id}/redeliver"
     try:
-        body = _request(_conn(args), "POST", path, err, args.timeout)
-    except _Failed as failed:
+        body = request_or_fail(_conn(args), "POST", path, err, args.timeout)
+    except CommandFailed as failed:
         return failed.code
     if args.json:
         _print_json(body, out)
@@ -277,8 +233,8 @@ def run_redeliver(
 def run_ping(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
     out, err = out or sys.stdout, err or sys.stderr
     try:
-        body = _request(_conn(args), "POST", f"{WEBHOOKS}/{args.id}/ping", err, args.timeout)
-    except _Failed as failed:
+        body = request_or_fail(_conn(args), "POST", f"{WEBHOOKS}/{args.id}/ping", err, args.timeout)
+    except CommandFailed as failed:
         return failed.code
     if args.json:
         _print_json(body, out)
@@ -289,8 +245,8 @@ def run_ping(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | 
 def run_rm(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
     out, err = out or sys.stdout, err or sys.stderr
     try:
-        body = _request(_conn(args), "DELETE", f"{WEBHOOKS}/{args.id}", err, args.timeout)
-    except _Failed as failed:
+        body = request_or_fail(_conn(args), "DELETE", f"{WEBHOOKS}/{args.id}", err, args.timeout)
+    except CommandFailed as failed:
         return failed.code
     if args.json:
         _print_json(body, out)
