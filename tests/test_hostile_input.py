@@ -19,7 +19,7 @@ import httpx
 import pytest
 import websockets
 
-from .support import ServerProcess, scene_enter_payload
+from .support import ServerProcess, emit_scene, scene_enter_payload, wait_for
 
 DEEP = 30_000
 # Each entry: (name, raw JSON document). The documents are wrapped into each route's own shape
@@ -350,3 +350,45 @@ def test_a_loose_data_dir_from_before_is_made_private(tmp_path: Path) -> None:
         assert (data / "assets" / "t").stat().st_mode & 0o777 == 0o700
     finally:
         server.stop()
+
+
+def test_url_passwords_never_reach_the_log(tmp_path: Path) -> None:
+    """A webhook URL with user-info is delivered to (the receiver sees Basic auth), and the
+    password appears in no log line, whichever logger writes it (DEBUG level: httpx/httpcore
+    included), nor in any API answer."""
+    import http.server
+    import threading
+
+    seen: list[str] = []
+
+    class Receiver(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("content-length") or 0))
+            seen.append(self.headers.get("authorization") or "")
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    receiver = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    password = "Sup3rS3cretPassw0rd"
+    server = ServerProcess(tmp_path / "data", extra_args=["--log-level", "DEBUG"]).start()
+    try:
+        with server.client() as api:
+            url = f"http://hookuser:{password}@127.0.0.1:{receiver.server_address[1]}/in?x=1"
+            created = api.post("/api/modder/hooks/webhooks", json={"url": url})
+            assert created.status_code == 201, created.text
+            hook = created.json()["webhook"]["id"]
+            emit_scene(server, "hall")
+            wait_for(lambda: len(seen) >= 1)
+            listed = api.get("/api/modder/hooks/webhooks").text
+            deliveries = api.get(f"/api/modder/hooks/webhooks/{hook}/deliveries").text
+        assert seen[0].startswith("Basic ")  # the credentials were used...
+        for text in (server.log_text(), listed, deliveries):
+            assert password not in text  # ...and never shown
+        assert "hookuser:****@" in listed
+    finally:
+        server.stop()
+        receiver.shutdown()

@@ -25,9 +25,11 @@ The ``webhook-id`` header (the envelope id) lets receivers drop duplicates.
 from __future__ import annotations
 
 import asyncio
+import base64
 import concurrent.futures
 import contextlib
 import email.utils
+import functools
 import json
 import logging
 import secrets
@@ -453,7 +455,7 @@ class DeliveryWorker:
                 "POST",
                 sub.url,
                 content=payload,
-                headers={**HEADERS, **signed},
+                headers={**HEADERS, **signed, **_basic_auth(sub.url)},
                 extensions={"timeout": self._timeouts},
             )
             async with asyncio.timeout(self.cfg.timeout_s):
@@ -573,3 +575,14 @@ def _reason(results: list[Outcome], sub_id: str) -> str:
         if outcome.attempt.webhook_id == sub_id and outcome.effect == "gone":
             return "the receiver answered 410 Gone"
     return "consecutive deliveries failed after every retry"
+
+
+@functools.lru_cache(maxsize=256)
+def _basic_auth(url: str) -> dict[str, str]:
+    """``Authorization: Basic`` from a URL's user-info, as an httpx client would send it (the
+    worker talks to the transport directly, so nothing else adds it)."""
+    parsed = httpx.URL(url)
+    if not parsed.username and not parsed.password:
+        return {}
+    token = base64.b64encode(f"{parsed.username}:{parsed.password}".encode()).decode("ascii")
+    return {"Authorization": f"Basic {token}"}
