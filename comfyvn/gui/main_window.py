@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 import sys
 import threading
 from typing import Any
@@ -17,9 +19,11 @@ from PySide6.QtGui import (
 )
 from PySide6.QtWidgets import (
     QDockWidget,
+    QFrame,
     QLabel,
     QMainWindow,
     QMessageBox,
+    QScrollArea,
     QSizePolicy,
     QStackedWidget,
     QToolBar,
@@ -39,11 +43,24 @@ from .workers import run_async
 from .workspaces.scenario import ScenarioWorkspace
 from .workspaces.system import SystemOverview
 
-__all__ = ["DEFAULT_SIZE", "StudioWindow"]
+__all__ = ["DEFAULT_SIZE", "SIZE_ENV", "StudioWindow", "initial_size"]
 
 DEFAULT_SIZE = (1280, 800)
 STATE_VERSION = 1
 TITLES = {"scenario": "Scenario", "system": "System"}
+HOOKS_DOCK_W, HOOKS_DOCK_MIN_W = 470, 340  # the docks' default sizes, and on small windows
+DEBUG_DOCK_H, DEBUG_DOCK_MIN_H = 360, 240
+SIZE_ENV = "COMFYVN_STUDIO_SIZE"
+AUTO_REFRESH_NOTE = " · auto-refresh on"  # how the Debug Integrations footer marks polling
+
+
+def initial_size() -> tuple[int, int] | None:
+    """``COMFYVN_STUDIO_SIZE=WIDTHxHEIGHT`` (e.g. ``1024x700``): the window's size on opening,
+    over the remembered one; for screenshots and small-screen checks. Ignored if malformed."""
+    match = re.fullmatch(r"\s*(\d{3,5})\s*[xX]\s*(\d{3,5})\s*", os.environ.get(SIZE_ENV, ""))
+    if match is None:
+        return None
+    return max(640, int(match[1])), max(480, int(match[2]))
 
 
 class StudioWindow(QMainWindow):
@@ -87,7 +104,12 @@ class StudioWindow(QMainWindow):
             self.hooks_tabs.show_tab(options.hooks_tab)
         self.hooks_dock = self._dock("Modder Hooks", "modderHooksDock", self.hooks_tabs)
         self.webhooks_panel = WebhooksPanel()
-        self.webhooks_dock = self._dock("Webhooks", "webhooksDock", self.webhooks_panel)
+        # scrolls rather than forcing its form's width and height onto a small window
+        webhooks_scroll = QScrollArea()
+        webhooks_scroll.setWidget(self.webhooks_panel)
+        webhooks_scroll.setWidgetResizable(True)
+        webhooks_scroll.setFrameShape(QFrame.Shape.NoFrame)
+        self.webhooks_dock = self._dock("Webhooks", "webhooksDock", webhooks_scroll)
         self.addDockWidget(Qt.DockWidgetArea.BottomDockWidgetArea, self.debug_dock)
         self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.hooks_dock)
         self.tabifyDockWidget(self.debug_dock, self.webhooks_dock)
@@ -96,6 +118,9 @@ class StudioWindow(QMainWindow):
         self.debug_panel.summary_changed.connect(self.system.set_provider_summary)
         self.hooks_panel.stream_state_changed.connect(self._on_stream_state)
         self.debug_panel.refreshed.connect(self._on_providers_refreshed)
+        # The panel writes "auto-refresh on" into its footer only after a check: keep it true.
+        self.debug_panel.auto_check.toggled.connect(self._sync_auto_refresh_footer)
+        self._stream_state = ""
         self._sized = False
 
         self._build_actions()
@@ -106,6 +131,9 @@ class StudioWindow(QMainWindow):
             geometry = settings.value("window/geometry")
             if isinstance(geometry, QByteArray | bytes):
                 self.restoreGeometry(QByteArray(geometry))
+        size = initial_size()
+        if size is not None:
+            self.resize(*size)
         self.set_workspace(self._initial_workspace())
 
     # -- construction ------------------------------------------------------------------------
@@ -127,12 +155,11 @@ class StudioWindow(QMainWindow):
             action.triggered.connect(lambda _=False, ws=name: self.set_workspace(ws))
             self.workspace_group.addAction(action)
             self.workspace_actions[name] = action
-        self.open_debug_action = QAction("Debug Integrations", self)
-        self.open_debug_action.setShortcut(QKeySequence("Ctrl+Shift+D"))
-        self.open_debug_action.triggered.connect(lambda: self.open_dock(self.debug_dock))
-        self.open_hooks_action = QAction("Modder Hooks", self)
-        self.open_hooks_action.setShortcut(QKeySequence("Ctrl+Shift+H"))
-        self.open_hooks_action.triggered.connect(lambda: self.open_dock(self.hooks_dock))
+        # Checkable like Webhooks: ticked while the dock shows; unticking it closes the dock.
+        self.open_debug_action = self._dock_action(
+            "Debug Integrations", "Ctrl+Shift+D", self.debug_dock
+        )
+        self.open_hooks_action = self._dock_action("Modder Hooks", "Ctrl+Shift+H", self.hooks_dock)
         self.open_plugins_action = QAction("Plugins", self)
         self.open_plugins_action.setShortcut(QKeySequence("Ctrl+Shift+P"))
         self.open_plugins_action.setToolTip("The Modder Hooks dock's Plugins tab")
@@ -157,6 +184,14 @@ class StudioWindow(QMainWindow):
         self.quit_action.triggered.connect(self.close)
         self.reset_layout_action = QAction("Reset Layout", self)
         self.reset_layout_action.triggered.connect(self.reset_layout)
+
+    def _dock_action(self, text: str, shortcut: str, dock: QDockWidget) -> QAction:
+        action = QAction(text, self, checkable=True)
+        action.setShortcut(QKeySequence(shortcut))
+        action.setToolTip(f"Show or close the {text} dock ({shortcut})")
+        action.triggered.connect(lambda show=True: self.toggle_dock(dock, action, show))
+        dock.visibilityChanged.connect(action.setChecked)
+        return action
 
     def _build_menus(self) -> None:
         bar = self.menuBar()
@@ -267,6 +302,18 @@ class StudioWindow(QMainWindow):
             )
         self._show_connection(color, words)
         self.connection_label.setToolTip(f"hook stream: {message}")
+        if state != self._stream_state:
+            # connected, lost or back again: the System cards must say so now, not on their timer
+            self._stream_state = state
+            if state in ("live", "retry", "error"):
+                self.system.refresh()
+
+    def _sync_auto_refresh_footer(self, on: bool) -> None:
+        footer = self.debug_panel.footer
+        text = footer.text().replace(AUTO_REFRESH_NOTE, "")
+        if on and text.startswith("Checked "):  # the only footer that carries the note
+            text += AUTO_REFRESH_NOTE
+        footer.setText(text)
 
     def _on_providers_refreshed(self, ok: bool) -> None:
         if not ok and not self.debug_panel.rows():
@@ -324,11 +371,15 @@ class StudioWindow(QMainWindow):
 
     def toggle_webhooks(self, show: bool = True) -> None:
         """The System menu's Webhooks item: opens (and raises) the dock, or closes it."""
+        self.toggle_dock(self.webhooks_dock, self.webhooks_action, show)
+
+    def toggle_dock(self, dock: QDockWidget, action: QAction, show: bool = True) -> None:
+        """A checkable System menu item: opens (and raises) its dock, or closes it."""
         if show:
-            self.open_dock(self.webhooks_dock)
+            self.open_dock(dock)
         else:
-            self.webhooks_dock.close()
-        self.webhooks_action.setChecked(self.webhooks_dock.isVisible())
+            dock.close()
+        action.setChecked(dock.isVisible())
 
     def open_plugins(self) -> None:
         """The Modder Hooks dock, on its Plugins tab."""
@@ -353,9 +404,12 @@ class StudioWindow(QMainWindow):
         self._size_docks(name)
 
     def _size_docks(self, name: str) -> None:
-        self.resizeDocks([self.hooks_dock], [470], Qt.Orientation.Horizontal)
+        # 470 px at the default size; less on a small window, so the workspace keeps its room
+        width = max(HOOKS_DOCK_MIN_W, min(HOOKS_DOCK_W, int(self.width() * 0.36)))
+        self.resizeDocks([self.hooks_dock], [width], Qt.Orientation.Horizontal)
         if name == "system":
-            self.resizeDocks([self.debug_dock], [360], Qt.Orientation.Vertical)
+            height = max(DEBUG_DOCK_MIN_H, min(DEBUG_DOCK_H, int(self.height() * 0.42)))
+            self.resizeDocks([self.debug_dock], [height], Qt.Orientation.Vertical)
 
     def _save_workspace_state(self, name: str) -> None:
         state = self.saveState(STATE_VERSION)

@@ -166,6 +166,12 @@ def main() -> int:
             shoot(
                 "studio_scenario.png", *common, "--workspace", "scenario", "--scene", "lighthouse"
             )
+            # a small screen: everything must fit 1024x700 without clipping or widening
+            shoot(
+                "studio_1024x700.png",
+                *[*common, "--workspace", "scenario", "--scene", "lighthouse"],
+                env_extra={"COMFYVN_STUDIO_SIZE": "1024x700"},
+            )
         finally:
             server.stop()
         # The Plugins tab of the Modder Hooks dock, next to the Scenario workspace.

@@ -67,7 +67,7 @@ class ModderHooksPanel(QWidget):
         self.filter_combo = QComboBox()
         self.filter_combo.addItem(ALL_HOOKS)
         self.filter_combo.setToolTip("Show only one hook")
-        self.filter_combo.setMinimumContentsLength(14)
+        self.filter_combo.setMinimumContentsLength(10)
         self.pause_button = QPushButton("Pause")
         self.pause_button.setCheckable(True)
         self.pause_button.setToolTip("Freeze the list; new envelopes wait until you resume")
@@ -95,8 +95,10 @@ class ModderHooksPanel(QWidget):
         header = self.table.horizontalHeader()
         header.resizeSection(0, 88)
         header.resizeSection(1, 44)
-        header.resizeSection(2, 176)
-        header.setStretchLastSection(True)
+        header.resizeSection(2, 136)
+        # Summary takes what is left, down to 40 px: "stretch last section" would keep its
+        # default 100 px and scroll sideways in a narrow dock
+        header.setMinimumSectionSize(40)
         header.setSectionResizeMode(3, QHeaderView.ResizeMode.Stretch)
 
         self.detail = QPlainTextEdit()

@@ -17,6 +17,7 @@ from PySide6.QtWidgets import (
     QFileDialog,
     QFrame,
     QHBoxLayout,
+    QHeaderView,
     QLabel,
     QListWidget,
     QPushButton,
@@ -57,7 +58,8 @@ class ScenarioWorkspace(QWidget):
 
         # -- scene bar
         self.scene_combo = QComboBox()
-        self.scene_combo.setMinimumContentsLength(16)
+        # narrow minimums (long titles elide) so the bar fits next to the hooks dock at 1024 px
+        self.scene_combo.setMinimumContentsLength(6)
         self.scene_combo.setSizeAdjustPolicy(
             QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
         )
@@ -66,7 +68,7 @@ class ScenarioWorkspace(QWidget):
         self.reload_button.setFixedWidth(32)
         self.open_button = QPushButton("Open file…")
         self.pov_combo = QComboBox()
-        self.pov_combo.setMinimumContentsLength(8)
+        self.pov_combo.setMinimumContentsLength(5)
         self.pov_combo.setSizeAdjustPolicy(
             QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
         )
@@ -75,6 +77,10 @@ class ScenarioWorkspace(QWidget):
         self.seed_spin.setSpecialValueText("random")
         self.seed_spin.setValue(RANDOM_SEED)
         self.seed_spin.setToolTip("Seed for auto-picks; 'random' lets the server choose")
+        # its hint is sized for 2147483647; "random" and everyday seeds need far less
+        self.seed_spin.setMinimumWidth(
+            self.seed_spin.fontMetrics().horizontalAdvance("random") + 44
+        )
         self.start_button = QPushButton("Start")
         self.start_button.setDefault(True)
         self.auto_button = QPushButton("Auto-pick")
@@ -134,7 +140,13 @@ class ScenarioWorkspace(QWidget):
         self.variables_tree = QTreeWidget()
         self.variables_tree.setHeaderLabels(["Variable", "Value"])
         self.variables_tree.setAlternatingRowColors(True)
-        self.variables_tree.header().resizeSection(0, 150)
+        variables_header = self.variables_tree.header()
+        variables_header.resizeSection(0, 120)
+        variables_header.setMinimumSectionSize(50)
+        # Value takes what is left (stretch-last-section would keep 100 px and scroll sideways)
+        variables_header.setStretchLastSection(False)
+        variables_header.setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
+        self.variables_tree.setMinimumWidth(170)
         self.history_list = QListWidget()
         self.history_list.setAlternatingRowColors(True)
         side = QSplitter(Qt.Orientation.Vertical)
@@ -146,6 +158,7 @@ class ScenarioWorkspace(QWidget):
         splitter.addWidget(side)
         splitter.setStretchFactor(0, 3)
         splitter.setStretchFactor(1, 2)
+        splitter.setChildrenCollapsible(False)  # a narrow window must not hide the variables
 
         layout = QVBoxLayout(self)
         layout.setContentsMargins(10, 8, 10, 8)

@@ -28,6 +28,7 @@ class SystemOverview(QWidget):
         self._api: StudioApi | None = None
         self._origin = ""
         self._in_flight = False
+        self._again = False
         self.server_value = self._value()
         self.log_value = self._value()
         self.plugins_value = self._value()
@@ -102,18 +103,32 @@ class SystemOverview(QWidget):
         self.providers_value.setText(f"{total} provider(s): {status_chips(counts)}")
 
     def refresh(self) -> None:
+        """Re-read the cards now; one asked for while a read is in flight runs right after it
+        (the connection may have changed meanwhile: the answer on its way can be stale)."""
         api = self._api
-        if api is None or self._in_flight:
+        if api is None:
             return
-        self._in_flight = True
+        if self._in_flight:
+            self._again = True
+            return
+        self._in_flight, self._again = True, False
 
         def job() -> tuple[dict[str, Any], dict[str, Any]]:
             return api.get("/health"), api.get("/api/modder/hooks/plugins")
 
         run_async(job, self._on_result, self._on_error, name="comfyvn-system-overview")
 
-    def _on_result(self, result: tuple[dict[str, Any], dict[str, Any]]) -> None:
+    def _finish(self) -> bool:
+        """End a read; True when another was asked for meanwhile (and has now started)."""
         self._in_flight = False
+        if self._again:
+            self.refresh()
+            return True
+        return False
+
+    def _on_result(self, result: tuple[dict[str, Any], dict[str, Any]]) -> None:
+        if self._finish():
+            return
         health, plugins = result
         api = self._api
         url = api.conn.server if api else "?"
@@ -141,7 +156,8 @@ class SystemOverview(QWidget):
             self.plugins_value.setText(str(plugins.get("reason") or "dev mode is off"))
 
     def _on_error(self, exc: BaseException) -> None:
-        self._in_flight = False
+        if self._finish():
+            return
         api = self._api
         message = describe_failure(exc, api.conn.server if api else "?", api and api.timeout_s)
         self.server_value.setText(f"{dot_html('red')} {message}")
