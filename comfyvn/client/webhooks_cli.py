@@ -215,11 +215,8 @@ def _print_attempt(what: str, body: dict[str, Any], out: TextIO, err: TextIO) ->
     return 1
 
 
-def run_redeliver(
-    args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None
-) -> int:
-    out, err = out or sys.stdout, err or sys.stderr
-    path = f"{WEBHOOKS}/{args.id}/deliveries/{args.delivery_id}/redeliver"
+def _send_one(args: argparse.Namespace, path: str, what: str, out: TextIO, err: TextIO) -> int:
+    """Ping and redeliver: one attempt sent now; exit 0 if the receiver took it, else 1."""
     try:
         body = request_or_fail(_conn(args), "POST", path, err, args.timeout)
     except CommandFailed as failed:
@@ -227,19 +224,21 @@ def run_redeliver(
     if args.json:
         _print_json(body, out)
         return 0 if body.get("delivered") else 1
-    return _print_attempt(f"redeliver {args.delivery_id}", body, out, err)
+    return _print_attempt(what, body, out, err)
+
+
+def run_redeliver(
+    args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None
+) -> int:
+    path = f"{WEBHOOKS}/{args.id}/deliveries/{args.delivery_id}/redeliver"
+    return _send_one(
+        args, path, f"redeliver {args.delivery_id}", out or sys.stdout, err or sys.stderr
+    )
 
 
 def run_ping(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
-    out, err = out or sys.stdout, err or sys.stderr
-    try:
-        body = request_or_fail(_conn(args), "POST", f"{WEBHOOKS}/{args.id}/ping", err, args.timeout)
-    except CommandFailed as failed:
-        return failed.code
-    if args.json:
-        _print_json(body, out)
-        return 0 if body.get("delivered") else 1
-    return _print_attempt(f"ping {args.id}", body, out, err)
+    path = f"{WEBHOOKS}/{args.id}/ping"
+    return _send_one(args, path, f"ping {args.id}", out or sys.stdout, err or sys.stderr)
 
 
 def run_rm(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:

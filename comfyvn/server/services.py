@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import HTTPException
@@ -27,7 +27,6 @@ class Services:
     assets: Any = None  # comfyvn.assets.registry.AssetRegistry
     scenarios: Any = None  # comfyvn.scenario.catalog.SceneCatalog
     providers: Any = None  # comfyvn.providers.component.Providers
-    extras: dict[str, Any] = field(default_factory=dict)
 
     def describe_plugin_host(self) -> dict[str, Any]:
         if self.plugin_host is None:

@@ -20,7 +20,6 @@ log = logging.getLogger("comfyvn.server.streams")
 
 MAX_TEST_PAYLOAD_BYTES = 256 * 1024
 MAX_SEQ = 2**63 - 1  # SQLite's INTEGER range; a larger cursor is a client error, not a 500
-FIRST_MESSAGE_WAIT_S = 1.0
 
 
 class TestEmitRequest(BaseModel):
