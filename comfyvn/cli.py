@@ -36,11 +36,15 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             )
         if args.no_watch:
             kwargs["watch_plugins"] = False
+        if args.bus is not None:
+            kwargs["bus_url"] = args.bus.strip()
+        if args.bus_namespace is not None:
+            kwargs["bus_namespace"] = args.bus_namespace.strip()
         settings = Settings(**kwargs)
     except EnvError as exc:
         print(f"comfyvn serve: {exc}", file=sys.stderr)
         return 2
-    return serve(settings, log_level=args.log_level)
+    return serve(settings, log_level=args.log_level, workers=args.workers, worker_fd=args.worker_fd)
 
 
 def _env_port() -> int:
@@ -60,6 +64,16 @@ def _port(raw: str) -> int:
         raise argparse.ArgumentTypeError(f"{raw!r} is not a whole number") from None
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"{value} is not a TCP port (0 to 65535)")
+    return value
+
+
+def _positive_int(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive number")
     return value
 
 
@@ -239,6 +253,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="dev mode: do not reload plugins when their files change",
     )
     serve.add_argument(
+        "--bus",
+        metavar="URL",
+        help="share the hook bus over NATS JetStream (nats://HOST:PORT) with other servers "
+        "(default: $COMFYVN_BUS_URL; none: the embedded event log of the data dir)",
+    )
+    serve.add_argument(
+        "--bus-namespace",
+        metavar="NS",
+        help="the bus's stream and subject prefix; servers with the same one share history "
+        "(default: $COMFYVN_BUS_NAMESPACE or comfyvn)",
+    )
+    serve.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="N server processes on one port and data dir (needs --bus)",
+    )
+    serve.add_argument("--worker-fd", type=int, help=argparse.SUPPRESS)  # set by --workers
+    serve.add_argument(
         "--log-level",
         default="INFO",
         type=str.upper,
@@ -252,7 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
     tail = hooks.add_parser("tail", help="print live envelopes as JSON lines; resumes on reconnect")
     tail.add_argument("--topics", help="hook names, comma-separated (default: all)")
     tail.add_argument("--since", type=int, help="replay envelopes after this seq first")
-    tail.add_argument("--count", type=int, help="exit after this many envelopes")
+    tail.add_argument(
+        "--count", type=_positive_int, metavar="N", help="exit 0 after printing N envelopes"
+    )
     _add_connection_args(tail)
     tail.set_defaults(func=_cmd_hooks_tail)
     docs = hooks.add_parser("docs", help="regenerate the hook reference in the modder docs")

@@ -28,9 +28,14 @@ encode_payload = json.JSONEncoder(separators=(",", ":"), default=str, allow_nan=
 
 
 class Emitted(NamedTuple):
+    """What ``emit()`` hands back. On the embedded bus ``seq`` is final at once; on a shared
+    bus (NATS JetStream) the stream assigns it, so it is 0 here and ``await
+    bus.acknowledge(emitted)`` returns it; ``ticket`` is this process's emit counter."""
+
     event: str
     seq: int
     id: str
+    ticket: int = 0
 
 
 class Envelope(NamedTuple):

@@ -123,6 +123,10 @@ class HookBus:
         self._listeners: list[ListenerHandle] = []
         self._listeners_lock = threading.Lock()
         self._write_error: str | None = None
+        self._start_writer()
+
+    def _start_writer(self) -> None:
+        """The embedded log's single writer thread; a shared-bus subclass publishes instead."""
         self._writer = threading.Thread(target=self._run_writer, name="hook-writer", daemon=True)
         self._writer.start()
 
@@ -186,6 +190,13 @@ class HookBus:
         finally:  # timed out or cancelled: the writer must not keep (or call into) this loop
             with self._commit_cond, contextlib.suppress(ValueError):
                 self._async_waiters.remove(waiter)
+
+    async def acknowledge(self, emitted: Emitted, timeout: float | None = None) -> int:
+        """Await the durability of one emit and return its ``seq``; every API call that emits
+        answers only after this (DESIGN.md 3). Here the seq is known at emit time; on a shared
+        bus it is the stream's sequence, known once the bus acknowledged the publish."""
+        await self.wait_committed(emitted.seq, timeout)
+        return emitted.seq
 
     def _timeout_message(self, seq: int) -> str:
         reason = f": {self._write_error}" if self._write_error else ""

@@ -111,6 +111,17 @@ class Settings:
     plugin_call_budget_s: float = field(
         default_factory=lambda: env_number("COMFYVN_PLUGIN_CALL_BUDGET", 5.0, minimum=0.01)
     )
+    # The shared bus (DESIGN.md 12): empty means the embedded SQLite log of this data dir.
+    bus_url: str = field(default_factory=lambda: os.environ.get("COMFYVN_BUS_URL", "").strip())
+    bus_namespace: str = field(
+        default_factory=lambda: os.environ.get("COMFYVN_BUS_NAMESPACE", "comfyvn").strip()
+    )
+    bus_buffer: int = field(
+        # emits held in this process while NATS is unreachable; beyond it emit() refuses
+        default_factory=lambda: int(
+            env_number("COMFYVN_BUS_BUFFER", 10_000, minimum=1, integer=True)
+        )
+    )
     token: str | None = None
 
     def __post_init__(self) -> None:

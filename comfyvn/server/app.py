@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import gc
 import logging
@@ -52,7 +53,8 @@ ROUTERS = [
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     prepare_data_dir(settings.data_dir)
-    SQLiteEventLog(settings.events_db).close()  # a damaged log stops start-up with a clear error
+    if not settings.bus_url:  # a damaged log stops start-up with a clear error
+        SQLiteEventLog(settings.events_db).close()
     token = ensure_token(settings)
     register_secret(token)
     outbound = policy_from_settings(settings)  # a malformed allow/deny entry stops start-up
@@ -61,11 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Plugins and child tools find the data dir the same way the server resolved it.
         os.environ["COMFYVN_DATA_DIR"] = str(settings.data_dir)
-        bus = HookBus(
-            SQLiteEventLog(settings.events_db),
-            retention=RetentionPolicy(settings.history_max_events, settings.history_max_age_s),
-            commit_timeout_s=settings.commit_timeout_s,
-        )
+        bus = await asyncio.to_thread(open_bus, settings)
         services = Services(settings=settings, bus=bus, token=token, outbound=outbound)
         app.state.services = services
         modder_hooks.set_current_bus(bus)
@@ -103,13 +101,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def health(request: Request) -> dict[str, Any]:
         services: Services | None = getattr(request.app.state, "services", None)
         bus = services.bus if services else None
-        return {
+        answer = {
             "ok": bus is not None and bus.write_error is None,
             "version": __version__,
             "seq": bus.committed_seq if bus else None,
             "dev_mode": settings.dev_mode,
             "event_log_error": bus.write_error if bus else None,
         }
+        if settings.bus_url and services is not None:
+            answer["bus"] = bus.stats()["bus"] if bus else None
+            answer.update(services.node)
+        return answer
 
     for router in ROUTERS:
         app.include_router(router, responses=COMMON_ERRORS)
@@ -118,11 +120,38 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 async def _start_components(services: Services, stack: AsyncExitStack) -> None:
     """Start the optional parts; each registers its own shutdown on ``stack``."""
-    await start_webhooks(services, stack)  # first: events emitted at start-up get deliveries
+    if services.settings.bus_url:
+        services.webhooks_unavailable = (
+            "webhooks are not available on a shared bus (--bus) yet: their subscriptions and "
+            "outbox live in the data dir of a server with the embedded event log"
+        )
+    else:
+        await start_webhooks(services, stack)  # first: events emitted at start-up get deliveries
     _start_plugin_host(services, stack)
     await scenario_routes.start(services, stack)
     await start_assets(services, stack)
     await start_providers(services, stack)
+
+
+def open_bus(settings: Settings) -> HookBus:
+    """The embedded SQLite bus of the data dir, or the shared JetStream bus of ``--bus``."""
+    retention = RetentionPolicy(settings.history_max_events, settings.history_max_age_s)
+    if not settings.bus_url:
+        return HookBus(
+            SQLiteEventLog(settings.events_db),
+            retention=retention,
+            commit_timeout_s=settings.commit_timeout_s,
+        )
+    from comfyvn.core import jetstream
+
+    return jetstream.open_bus(
+        settings.bus_url,
+        settings.bus_namespace,
+        name=f"comfyvn {settings.host}:{settings.port} pid {os.getpid()}",
+        retention=retention,
+        commit_timeout_s=settings.commit_timeout_s,
+        buffer_limit=settings.bus_buffer,
+    )
 
 
 def _start_plugin_host(services: Services, stack: AsyncExitStack) -> None:

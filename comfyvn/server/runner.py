@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -77,19 +78,38 @@ def configure_logging(level: str = "INFO") -> None:
     install_log_redaction()
 
 
-def serve(settings: Settings, *, log_level: str = "INFO", exclusive: bool = True) -> int:
+def serve(
+    settings: Settings,
+    *,
+    log_level: str = "INFO",
+    workers: int = 1,
+    worker_fd: int | None = None,
+) -> int:
     """Run until SIGINT/SIGTERM. The data dir is locked before anything opens it (the event log
     in ``create_app``) and stays locked for the process lifetime; a second server on it exits 2
     naming the first one's URL.
 
-    ``exclusive=False`` is the hook for a future shared-bus mode (several processes on one data
-    dir): it skips the lock and ``server.json``. No command-line flag sets it yet."""
+    ``workers > 1`` (shared bus only) makes this process the supervisor of that many workers
+    on one socket; ``worker_fd`` is how such a worker is started: it serves the inherited
+    socket and leaves the lock and ``server.json`` to its supervisor."""
     # Everything this process creates (SQLite files and their -wal/-shm, assets, sidecars,
     # JSON stores) is private to its user: the data dir holds tokens and provider config.
     os.umask(0o077)
     configure_logging(log_level)
+    if workers > 1 and not settings.bus_url:
+        print(
+            "comfyvn serve: --workers needs a shared bus: add --bus nats://HOST:PORT (or set "
+            "COMFYVN_BUS_URL); with the embedded event log one process owns the data dir",
+            file=sys.stderr,
+        )
+        return 2
+    if settings.bus_url:
+        problem = _check_bus(settings)
+        if problem:
+            print(f"comfyvn serve: {problem}", file=sys.stderr)
+            return 2
     lock: DataDirLock | None = None
-    if exclusive:
+    if worker_fd is None:
         try:
             prepare_data_dir(settings.data_dir)
             lock = acquire(settings.data_dir)
@@ -103,13 +123,76 @@ def serve(settings: Settings, *, log_level: str = "INFO", exclusive: bool = True
             )
             return 2
     try:
-        return _run(settings, log_level, lock)
+        if workers > 1:
+            return _supervise(settings, workers, lock)
+        return _run(settings, log_level, lock, worker_fd)
     finally:
         if lock is not None:
             lock.release()  # removes our server.json too; a crash leaves it stale, not binding
 
 
-def _run(settings: Settings, log_level: str, lock: DataDirLock | None) -> int:
+def _check_bus(settings: Settings) -> str | None:
+    """The shared bus is usable (nats-py installed, namespace valid, server reachable), or
+    why not, in one line: better than a traceback from inside the app's start-up."""
+    try:
+        from comfyvn.core.jetstream import BusUnreachableError, NatsLink, check_namespace
+    except ImportError:  # pragma: no cover - the bus extra is missing
+        return "the shared bus needs nats-py: pip install 'comfyvn[bus]'"
+    try:
+        import nats  # noqa: F401
+    except ImportError:
+        return "the shared bus needs nats-py: pip install 'comfyvn[bus]'"
+    try:
+        check_namespace(settings.bus_namespace)
+    except ValueError as exc:
+        return str(exc)
+    if not settings.bus_url.startswith(("nats://", "tls://")):
+        return f"--bus {NatsLink(settings.bus_url).shown_url!r} is not a nats:// or tls:// URL"
+    link = NatsLink(settings.bus_url, connect_timeout_s=3.0)
+    try:
+        link.start()
+    except BusUnreachableError as exc:
+        return str(exc)
+    link.close()
+    return None
+
+
+def _supervise(settings: Settings, workers: int, lock: DataDirLock | None) -> int:
+    from comfyvn.core.settings import ensure_token
+
+    from .workers import Supervisor, listening_socket
+
+    ensure_token(settings)  # once, here: the workers read it
+    try:
+        sock = listening_socket(settings.host, settings.port)
+    except OSError as exc:
+        print(
+            f"comfyvn serve: cannot listen on {settings.host}:{settings.port}: "
+            f"{exc.strerror or exc}",
+            file=sys.stderr,
+        )
+        return 1
+    port = sock.getsockname()[1]
+    url = f"http://{_client_host(settings.host)}:{port}"
+
+    def ready() -> None:
+        if lock is not None:
+            try:
+                lock.publish(url, settings.token_path, __version__)
+            except OSError as exc:
+                logging.getLogger("comfyvn.server").warning(
+                    "could not write %s/server.json: %s", settings.data_dir, exc
+                )
+        shown = f"[{settings.host}]" if ":" in settings.host else settings.host
+        print(f"{workers} workers share the port and the bus {settings.bus_namespace!r}")
+        print(f"ComfyVN Studio server ready at http://{shown}:{port}", flush=True)
+
+    return Supervisor(workers, sys.argv[1:], sock).run(ready)
+
+
+def _run(
+    settings: Settings, log_level: str, lock: DataDirLock | None, worker_fd: int | None = None
+) -> int:
     try:
         app = create_app(settings)
     except (DataDirError, EventLogError, EnvError) as exc:
@@ -127,6 +210,12 @@ def _run(settings: Settings, log_level: str, lock: DataDirLock | None) -> int:
         ws_ping_timeout=settings.ws_ping_s,
     )
     server = _ReadyServer(config)
+    if worker_fd is not None:
+        from .workers import watch_parent
+
+        watch_parent()
+        server.run(sockets=[socket.socket(fileno=worker_fd)])
+        return 0 if server.started else 1
     if lock is not None:
 
         def publish(url: str) -> None:

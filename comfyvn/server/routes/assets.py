@@ -136,9 +136,11 @@ async def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
     return await asyncio.to_thread(fn, *args, **kwargs)
 
 
-async def _committed(request: Request, change: Change) -> None:
-    if change.last_seq is not None:
-        await commit_or_503(get_services(request).bus, change.last_seq)
+async def _committed(request: Request, change: Change) -> int | None:
+    """The seq of the change's last event once durable (None: it emitted nothing)."""
+    if not change.events:
+        return None
+    return await commit_or_503(get_services(request).bus, change.events[-1])
 
 
 def _field_error(loc: str, msg: str, kind: str = "value_error") -> HTTPException:
@@ -185,12 +187,12 @@ async def create_asset(request: Request) -> JSONResponse:
             f"unsupported Content-Type {media or '(none)'!r}: upload with multipart/form-data "
             "(file, type, meta) or register a path with application/json {path, type, meta}",
         )
-    await _committed(request, change)
+    seq = await _committed(request, change)
     body = AssetChangeResponse(
         created=change.created,
         resaved=not change.created,
         asset=AssetOut(**change.record.to_dict()),
-        seq=change.last_seq,
+        seq=seq,
     )
     return JSONResponse(body.model_dump(mode="json"), status_code=201 if change.created else 200)
 
@@ -303,8 +305,8 @@ async def patch_asset(request: Request, uid: UidPath) -> AssetResponse:
     registry = _registry(request)
     req = await _parse(request, MetaPatchRequest)
     change = await _call(registry.update_meta, uid, req.meta)
-    await _committed(request, change)
-    return AssetResponse(asset=AssetOut(**change.record.to_dict()), seq=change.last_seq)
+    seq = await _committed(request, change)
+    return AssetResponse(asset=AssetOut(**change.record.to_dict()), seq=seq)
 
 
 @router.delete(
@@ -317,5 +319,5 @@ async def delete_asset(
     request: Request, uid: UidPath, delete_files: Annotated[bool, Query()] = False
 ) -> AssetRemovedResponse:
     change = await _call(_registry(request).remove, uid, delete_files)
-    await _committed(request, change)
-    return AssetRemovedResponse(uid=uid, deleted_files=delete_files, seq=change.last_seq)
+    seq = await _committed(request, change)
+    return AssetRemovedResponse(uid=uid, deleted_files=delete_files, seq=seq)

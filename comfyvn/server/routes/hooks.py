@@ -108,10 +108,10 @@ async def test_emit(request: Request) -> Response:
     except ValidationError as exc:
         raise HTTPException(422, validation_detail(exc, prefix=("payload",))) from None
     emitted = services.bus.emit(req.event, payload)
-    await commit_or_503(services.bus, emitted.seq)
+    seq = await commit_or_503(services.bus, emitted)
     # The answer's shape is TestEmitResponse (documented above); written directly, since
     # validating our own three fields on every call is a measurable part of this hot route.
-    body = f'{{"ok":true,"event":"{req.event}","seq":{emitted.seq},"id":"{emitted.id}"}}'
+    body = f'{{"ok":true,"event":"{req.event}","seq":{seq},"id":"{emitted.id}"}}'
     return Response(body, media_type="application/json")
 
 

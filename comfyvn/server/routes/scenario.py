@@ -205,7 +205,7 @@ async def run_step(request: Request) -> StepResponse:
     except ScenarioError as exc:
         raise HTTPException(_STATUS.get(type(exc), 422), str(exc)) from None
     if emitted:
-        await commit_or_503(services.bus, emitted[-1].seq)
+        await commit_or_503(services.bus, emitted[-1])
     view = runner.node_view(state)
     return StepResponse(
         state=StateModel.model_validate(state.to_dict()),

@@ -121,7 +121,9 @@ async def stream(ws: WebSocket) -> None:
     except WebSocketDisconnect:
         return
     subscribed = topics if topics is not None else list(HOOK_SPECS)
-    hello = json.dumps({"ok": True, "subscribed": subscribed, "seq": hello_seq(sub, since)})
+    hello = json.dumps(
+        {"ok": True, "subscribed": subscribed, "seq": hello_seq(sub, since), **services.node}
+    )
     progress = _SendProgress(asyncio.get_running_loop())
     pump = asyncio.create_task(_pump(ws, sub, progress, hello))
     supervisor = asyncio.create_task(
@@ -238,7 +240,12 @@ async def subscribe_sse(
         # first) never iterates this generator, so a subscription made earlier would leak.
         sub = services.bus.subscribe(wanted, resume)
         subscribed = wanted or list(HOOK_SPECS)
-        hello = {"ok": True, "subscribed": subscribed, "seq": hello_seq(sub, resume)}
+        hello = {
+            "ok": True,
+            "subscribed": subscribed,
+            "seq": hello_seq(sub, resume),
+            **services.node,
+        }
         try:
             yield f"retry: 2000\nevent: hello\ndata: {json.dumps(hello)}\n\n"
             while True:

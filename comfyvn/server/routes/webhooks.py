@@ -55,9 +55,11 @@ def _json_body(model: type[BaseModel], required: bool = True) -> dict[str, Any]:
 
 
 def _manager(request: Request) -> WebhookManager:
-    manager = get_services(request).webhooks
+    services = get_services(request)
+    manager = services.webhooks
     if manager is None:
-        raise HTTPException(503, "the webhook forwarder is not running")
+        reason = services.webhooks_unavailable or "the webhook forwarder is not running"
+        raise HTTPException(503, reason)
     return manager
 
 
