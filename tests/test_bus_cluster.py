@@ -193,13 +193,3 @@ def test_an_unreachable_bus_stops_start_up_with_its_url(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError) as info:
         server.start(timeout=30)
     assert f"cannot reach the NATS server at {url}" in str(info.value)
-
-
-def test_webhook_routes_say_why_they_are_unavailable(
-    cluster: tuple[ServerProcess, ServerProcess],
-) -> None:
-    a, _ = cluster
-    with a.client() as client:
-        response = client.get("/api/webhooks")
-    assert response.status_code == 503
-    assert "shared bus" in response.json()["detail"]
