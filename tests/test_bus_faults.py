@@ -233,3 +233,32 @@ def test_while_nats_is_down_the_api_says_so_and_buffered_emits_follow(
         a.stop()
     assert [e["data"]["node"] for e in history] == ["before", "during", "after"]
     assert [e["id"] for e in watcher.seen] == [e["id"] for e in history]
+
+
+def test_a_full_buffer_refuses_emits_with_a_503(nats: NatsServer, tmp_path: Path) -> None:
+    namespace = f"f{secrets.token_hex(4)}"
+    a = ServerProcess(
+        tmp_path / "a",
+        extra_args=["--bus", nats.url, "--bus-namespace", namespace],
+        env={"COMFYVN_BUS_BUFFER": "3"},
+    ).start()
+    try:
+        nats.stop()
+        wait_for(lambda: httpx.get(f"{a.url}/health").json()["ok"] is False)
+        with a.client() as client:
+            answers = [
+                client.post(
+                    "/api/modder/hooks/test",
+                    json={"event": "on_scene_enter", "payload": scene_enter_payload(f"x{i}")},
+                )
+                for i in range(4)
+            ]
+        assert [r.status_code for r in answers] == [503] * 4
+        assert "buffered" in answers[0].json()["detail"]
+        assert "3 events are already waiting" in answers[3].json()["detail"]
+        nats.start()
+        wait_for(lambda: len(full_history(a)) == 3, timeout=30)
+        assert [e["data"]["node"] for e in full_history(a)] == ["x0", "x1", "x2"]
+        assert "Traceback" not in a.log_text()
+    finally:
+        a.stop()

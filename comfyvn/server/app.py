@@ -21,7 +21,7 @@ from comfyvn.assets.component import start_assets
 from comfyvn.core import modder_hooks
 from comfyvn.core.errors import RefusedError
 from comfyvn.core.event_log import RetentionPolicy, SQLiteEventLog
-from comfyvn.core.hook_bus import HookBus
+from comfyvn.core.hook_bus import CommitTimeout, HookBus
 from comfyvn.core.settings import Settings, ensure_token, prepare_data_dir
 from comfyvn.net import policy_from_settings
 from comfyvn.providers.component import start_providers
@@ -94,6 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(RefusedError, _refused)
+    app.add_exception_handler(CommitTimeout, _bus_unavailable)
     app.add_exception_handler(OSError, _storage_error)
     app.add_exception_handler(sqlite3.OperationalError, _storage_error)
 
@@ -189,6 +190,12 @@ async def _refused(request: Request, exc: Exception) -> JSONResponse:
     """A component refused the request: its own status and detail, the same for every route."""
     assert isinstance(exc, RefusedError)
     return JSONResponse({"detail": exc.detail}, status_code=exc.status)
+
+
+async def _bus_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    """The event log or the shared bus cannot take the event (a full buffer while NATS is
+    unreachable): the server's state, a 503 naming it."""
+    return JSONResponse({"detail": str(exc)}, status_code=503)
 
 
 async def _storage_error(request: Request, exc: Exception) -> JSONResponse:
