@@ -208,6 +208,8 @@ def test_while_nats_is_down_the_api_says_so_and_buffered_emits_follow(
             health = httpx.get(f"{a.url}/health").json()
             assert "NATS server at" in health["event_log_error"]
             assert health["bus"]["connected"] is False
+            unread = client.get("/api/modder/hooks/history")
+            assert unread.status_code == 503 and "NATS server at" in unread.json()["detail"]
             started = time.monotonic()
             refused = client.post(
                 "/api/modder/hooks/test",
@@ -257,6 +259,7 @@ def test_a_full_buffer_refuses_emits_with_a_503(nats: NatsServer, tmp_path: Path
         assert "buffered" in answers[0].json()["detail"]
         assert "3 events are already waiting" in answers[3].json()["detail"]
         nats.start()
+        wait_for(lambda: httpx.get(f"{a.url}/health").json()["ok"] is True, timeout=30)
         wait_for(lambda: len(full_history(a)) == 3, timeout=30)
         assert [e["data"]["node"] for e in full_history(a)] == ["x0", "x1", "x2"]
         assert "Traceback" not in a.log_text()

@@ -95,6 +95,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(RefusedError, _refused)
     app.add_exception_handler(CommitTimeout, _bus_unavailable)
+    if settings.bus_url:  # a read from the shared bus while NATS is down: a 503 naming it
+        from comfyvn.core.jetstream import BusUnreachableError
+
+        app.add_exception_handler(BusUnreachableError, _bus_unavailable)
     app.add_exception_handler(OSError, _storage_error)
     app.add_exception_handler(sqlite3.OperationalError, _storage_error)
 
@@ -194,7 +198,7 @@ async def _refused(request: Request, exc: Exception) -> JSONResponse:
 
 async def _bus_unavailable(request: Request, exc: Exception) -> JSONResponse:
     """The event log or the shared bus cannot take the event (a full buffer while NATS is
-    unreachable): the server's state, a 503 naming it."""
+    unreachable) or cannot be read (NATS down): the server's state, a 503 naming it."""
     return JSONResponse({"detail": str(exc)}, status_code=503)
 
 

@@ -166,7 +166,10 @@ class JetStreamEventLog:
             cut = len(self.prefix)
             try:
                 while len(rows) < wanted:
-                    msgs = await sub.fetch(min(wanted - len(rows), 1000), timeout=5.0)
+                    try:
+                        msgs = await sub.fetch(min(wanted - len(rows), 1000), timeout=5.0)
+                    except TimeoutError:  # nats' own is a subclass; retention took the rest
+                        break
                     for msg in msgs:
                         seq = msg.metadata.sequence.stream
                         rows.append(decode_row(seq, msg.subject[cut:], msg.data))

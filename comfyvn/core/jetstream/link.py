@@ -179,7 +179,12 @@ class NatsLink:
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float = 10.0) -> T:
-        """Run ``coro`` on the link's loop and wait for it, from any other thread."""
+        """Run ``coro`` on the link's loop and wait for it, from any other thread. While the
+        connection is down this fails at once; NATS' own errors become
+        :class:`BusUnreachableError` naming the server (a 503 through the API)."""
+        if self._ready is not None and not self.connected:
+            coro.close()
+            raise BusUnreachableError(self.reason or f"NATS at {self.shown_url} is unreachable")
         future = self.submit(coro)
         try:
             return future.result(timeout)
@@ -188,6 +193,14 @@ class NatsLink:
             raise BusUnreachableError(
                 self.reason or f"the NATS server at {self.shown_url} did not answer in {timeout} s"
             ) from None
+        except BusUnreachableError:
+            raise
+        except Exception as exc:
+            if type(exc).__module__.startswith("nats"):
+                raise BusUnreachableError(
+                    f"the NATS server at {self.shown_url} failed a request: {_describe(exc)}"
+                ) from None
+            raise
 
     def call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
         self.loop.call_soon_threadsafe(fn, *args)
