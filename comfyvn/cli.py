@@ -386,7 +386,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     studio.add_argument("--screenshot", metavar="FILE", help="render offscreen to a PNG and exit")
     studio.add_argument(
-        "--wait", type=float, metavar="SECONDS", help="screenshot: longest wait (default 20)"
+        "--check",
+        action="store_true",
+        help="attach (or start a server) without a window, print the server and exit: 0 once "
+        "the hook stream is live, else 1 (also $COMFYVN_STUDIO_CHECK=1)",
+    )
+    studio.add_argument(
+        "--wait",
+        type=float,
+        metavar="SECONDS",
+        help="--screenshot, --check: longest wait (default 20)",
     )
     studio.set_defaults(func=_cmd_studio)
     return parser

@@ -82,6 +82,66 @@ def test_without_a_server_it_starts_one_and_stops_it(tmp_path: Path) -> None:
     assert not (data_dir / SERVER_FILE).exists()  # its discovery entry is gone too
 
 
+@pytest.mark.parametrize("how", ["flag", "env"])
+def test_check_attaches_to_the_data_dirs_server_and_exits(server: ServerProcess, how: str) -> None:
+    """``--check``, or ``COMFYVN_STUDIO_CHECK=1`` on an unchanged command line (the docs test
+    runs the README's that way), attaches to the server already serving the data dir (never a
+    second one), says so and exits 0: no window (offscreen by itself), saved layout untouched."""
+    env = studio_env(**({"COMFYVN_STUDIO_CHECK": "1"} if how == "env" else {}))
+    env.pop("QT_QPA_PLATFORM")  # --check needs no display and picks offscreen itself
+    done = subprocess.run(
+        [sys.executable, "-m", "comfyvn", "studio", "--data-dir", str(server.data_dir)]
+        + (["--check"] if how == "flag" else []),
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert done.returncode == 0, done.stderr
+    where = f"{server.url} (server.json; data dir {server.data_dir.resolve()})"
+    assert done.stdout.strip() == f"comfyvn studio: attached to {where}; hook stream live"
+    assert "started a local server" not in done.stderr
+    assert not (server.data_dir / "studio.ini").exists()
+
+
+def test_check_without_a_server_starts_one_and_stops_it(tmp_path: Path) -> None:
+    data_dir = tmp_path / "fresh"
+    done = studio("--data-dir", str(data_dir), "--check", COMFYVN_STUDIO_PROBE_TIMEOUT="0.5")
+    assert done.returncode == 0, done.stderr
+    assert "(started by the Studio; data dir" in done.stdout
+    line = next(x for x in done.stderr.splitlines() if "started a local server" in x)
+    pid = int(line.split("(pid ")[1].split(")")[0])
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    assert not (data_dir / SERVER_FILE).exists()
+
+
+def test_check_exits_1_when_the_stream_is_not_live_in_time(tmp_path: Path) -> None:
+    done = studio(
+        "--server", closed_port_url(), "--token", "t", "--data-dir", str(tmp_path),
+        "--check", "--wait", "3",
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert "check failed" in done.stderr and "not live after 3 s" in done.stderr
+
+
+def test_check_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("COMFYVN_STUDIO_CHECK", raising=False)
+    assert options_from_args(_args()).check is False
+    with pytest.raises(UsageError, match="exclude each other"):
+        options_from_args(_args(check=True, screenshot="x.png"))
+    monkeypatch.setenv("COMFYVN_STUDIO_CHECK", "maybe")
+    with pytest.raises(UsageError, match="COMFYVN_STUDIO_CHECK"):
+        options_from_args(_args())
+    monkeypatch.setenv("COMFYVN_STUDIO_CHECK", "1")
+    checked = options_from_args(_args())
+    assert checked.check and not checked.remember_layout
+    assert options_from_args(_args(screenshot="x.png")).check is False  # it ends by itself
+
+
 def test_discovery_uses_the_data_dirs_server_and_skips_foreign_ones(
     tmp_path: Path, server: ServerProcess
 ) -> None:

@@ -17,7 +17,7 @@ import pytest
 
 from comfyvn.client.api import ApiClient, ApiError, Connection
 
-from .support import ROOT, ServerProcess, emit_scene
+from .support import ROOT, ServerProcess, emit_scene, wait_for
 
 
 class TailProcess:
@@ -133,6 +133,43 @@ def test_tail_prints_envelopes_and_resumes_after_a_restart(
     assert before not in [p["seq"] for p in printed]
     assert [p["data"]["node"] for p in printed] == ["a", "b", "c", "d"]
     assert "reconnected" in tail.stderr()
+
+
+def test_tail_says_when_it_listens_and_exits_after_count(server: ServerProcess) -> None:
+    """Once the tail printed "# connected" (stderr) nothing emitted afterwards is missed, so a
+    script may start what it watches then (the README's tour does, with ``--count``); with
+    ``--count N`` it exits 0 after N envelopes, stdout holding only those JSON lines."""
+    before = emit_scene(server, "before")["seq"]
+    tail = TailProcess(
+        [f"--server={server.url}", f"--token={server.token}", "--topics=on_scene_enter",
+         "--count", "2"]
+    )  # fmt: skip
+    try:
+        wait_for(lambda: any("# connected" in line for line in tail.errors), timeout=20)
+        acks = [emit_scene(server, node) for node in ("a", "b", "c")]
+        printed = [tail.next_line(20, server) for _ in range(2)]
+        assert tail.proc.wait(timeout=20) == 0, tail.stderr()
+        tail.wait_output()
+    finally:
+        tail.stop()
+    assert [p["seq"] for p in printed] == [a["seq"] for a in acks[:2]]
+    assert tail.lines.empty()  # the third came after --count was reached: not printed
+    assert tail.errors[0].endswith(
+        f"# connected to {server.url}, printing envelopes after seq {before}"
+    ), tail.stderr()
+
+
+@pytest.mark.parametrize("count", ["0", "-1", "two"])
+def test_tail_count_must_be_a_positive_number(count: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "comfyvn", "hooks", "tail", "--count", count],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert "--count" in result.stderr and "usage:" in result.stderr
 
 
 def test_tail_with_a_bad_token_exits_with_a_message(server: ServerProcess) -> None:

@@ -159,8 +159,13 @@ class FakeProviders:
         spend: float = 0.5,
         limit: float = 80,
         reply: Reply | None = None,
+        keys: tuple[str, ...] | None = None,
     ) -> str:
-        """RunPod's GraphQL ``myself { clientBalance currentSpendPerHr spendLimit }``."""
+        """RunPod's GraphQL ``myself { clientBalance currentSpendPerHr spendLimit }``.
+
+        With ``keys``, only a request with one of them as its Bearer key gets the account; any
+        other gets RunPod's GraphQL error, echoing the key it was sent (as a careless proxy
+        would), which the server's scrubber must remove."""
         body = {
             "data": {
                 "myself": None
@@ -168,7 +173,14 @@ class FakeProviders:
                 else {"clientBalance": balance, "currentSpendPerHr": spend, "spendLimit": limit}
             }
         }
-        self.route("POST", f"{prefix}/graphql", reply or Reply(body=body))
+
+        def answer(seen: Seen) -> Any:
+            sent = seen.headers.get("Authorization", "").removeprefix("Bearer ")
+            if keys is None or sent in keys:
+                return body
+            return {"errors": [{"message": f"Unauthorized: api key {sent} is not valid"}]}
+
+        self.route("POST", f"{prefix}/graphql", reply or Reply(body=answer))
         return f"{self.url}{prefix}/graphql"
 
     def openai(

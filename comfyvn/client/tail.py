@@ -2,7 +2,8 @@
 
 The cursor is the last seq printed (or the server's seq in its hello frame, before anything was
 printed), so a server restart or a dropped connection never skips an envelope and never repeats
-one.
+one. Envelopes go to stdout; what the tail is doing (connected, disconnected, reconnected) goes to
+stderr as ``#`` lines, so a pipe of stdout stays pure JSON lines.
 """
 
 from __future__ import annotations
@@ -68,6 +69,12 @@ def tail(
                     cursor = int(hello.get("seq", 0))
                 if connected_once:
                     print(f"# reconnected, resuming after seq {cursor}", file=err, flush=True)
+                else:  # from here on nothing is missed: a script may start what it watches
+                    print(
+                        f"# connected to {conn.server}, printing envelopes after seq {cursor}",
+                        file=err,
+                        flush=True,
+                    )
                 connected_once = True
                 backoff = 0.25
                 for frame in ws:

@@ -25,6 +25,9 @@ class StudioApi:
     def post(self, path: str, **kwargs: Any) -> Any:
         return self._client.post(path, **kwargs)
 
+    def put(self, path: str, **kwargs: Any) -> Any:
+        return self._client.request("PUT", path, **kwargs)
+
     def patch(self, path: str, **kwargs: Any) -> Any:
         return self._client.request("PATCH", path, **kwargs)
 

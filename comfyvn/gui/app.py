@@ -3,6 +3,11 @@
 ``--screenshot FILE`` renders the window offscreen once it has settled (first provider check
 done, stream connected, scene shown) or after ``--wait`` seconds, writes a PNG and exits 0,
 even when the server is unreachable: the picture then shows what went wrong.
+``--check`` (or ``COMFYVN_STUDIO_CHECK=1``, for a ``comfyvn studio`` line you do not change)
+finds or starts the server exactly as a normal start does, prints what it attached to and
+exits: 0 once the hook stream is live, 1 when no server could be found, started or streamed
+from within ``--wait`` seconds. It shows no window (offscreen unless ``QT_QPA_PLATFORM`` names
+a platform) and leaves the saved layout alone.
 ``COMFYVN_STUDIO_HOOKS_TAB=plugins`` opens the Modder Hooks dock on its Plugins tab.
 """
 
@@ -20,6 +25,8 @@ import PySide6
 from PySide6.QtCore import QMessageLogContext, QSettings, QTimer, QtMsgType, qInstallMessageHandler
 from PySide6.QtWidgets import QApplication
 
+from comfyvn.core.env import EnvError, env_flag
+
 from .main_window import StudioWindow
 from .options import HOOK_TABS, WORKSPACES, StudioOptions
 from .theme import apply_style
@@ -27,6 +34,7 @@ from .theme import apply_style
 __all__ = ["SETTINGS_FILE", "options_from_args", "run_studio", "studio_command"]
 
 SETTINGS_FILE = "studio.ini"  # per data dir: window geometry, dock layout per workspace
+CHECK_ENV = "COMFYVN_STUDIO_CHECK"  # the same as --check, for a command line left unchanged
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 SETTLE_MS = 600  # after the window settled: let the last paints and stream frames land
 
@@ -63,6 +71,14 @@ def options_from_args(args: argparse.Namespace) -> StudioOptions:
             raise UsageError(f"--screenshot: folder {parent} does not exist")
         if not os.access(parent, os.W_OK):
             raise UsageError(f"--screenshot: folder {parent} is not writable")
+    check = bool(getattr(args, "check", False))
+    if check and screenshot is not None:
+        raise UsageError("--check and --screenshot exclude each other; give one of them")
+    if not check and screenshot is None:  # a screenshot run ends by itself already
+        try:
+            check = env_flag(CHECK_ENV)
+        except EnvError as exc:
+            raise UsageError(str(exc)) from None
     server = getattr(args, "server", None)
     if server is not None and not server.startswith(("http://", "https://")):
         raise UsageError(f"--server must be an http:// or https:// URL, got {server!r}")
@@ -74,8 +90,9 @@ def options_from_args(args: argparse.Namespace) -> StudioOptions:
         scene=getattr(args, "scene", None),
         hooks_tab=hooks_tab,
         screenshot=screenshot,
+        check=check,
         wait_s=wait,
-        remember_layout=screenshot is None,
+        remember_layout=screenshot is None and not check,
     )
 
 
@@ -113,6 +130,9 @@ def run_studio(options: StudioOptions) -> int:
     if options.screenshot is not None:
         os.environ["QT_QPA_PLATFORM"] = "offscreen"  # never flashes a window on a desktop
         qInstallMessageHandler(_qt_messages)
+    elif options.check:
+        os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # no window, unless one is asked for
+        qInstallMessageHandler(_qt_messages)
     app = QApplication.instance() or QApplication([sys.argv[0] if sys.argv else "comfyvn"])
     assert isinstance(app, QApplication)
     app.setApplicationName("ComfyVN Studio")
@@ -135,6 +155,8 @@ def run_studio(options: StudioOptions) -> int:
         window.start()
         if options.screenshot is not None:
             _schedule_screenshot(app, window, options, result)
+        elif options.check:
+            _schedule_check(app, window, options, result)
         app.exec()
     finally:
         heartbeat.stop()
@@ -175,6 +197,50 @@ def _schedule_screenshot(
                     flush=True,
                 )
             QTimer.singleShot(SETTLE_MS, shoot)
+
+    poll.timeout.connect(check)
+    poll.start(100)
+
+
+def _schedule_check(
+    app: QApplication, window: StudioWindow, options: StudioOptions, result: dict[str, Any]
+) -> None:
+    """``--check``: exit 0 once the window is attached and its hook stream is live, 1 when the
+    discovery failed, the stream was refused, or ``--wait`` seconds passed first."""
+    deadline = time.monotonic() + options.wait_s
+    poll = QTimer(window)
+    data_dir = options.resolved_data_dir()
+
+    def finish(code: int, message: str) -> None:
+        poll.stop()
+        stream = sys.stdout if code == 0 else sys.stderr
+        print(f"comfyvn studio: {message}", file=stream, flush=True)
+        result["code"] = code
+        window.close()
+        app.quit()
+
+    def check() -> None:
+        if window.connect_problem is not None:
+            finish(1, f"check failed: no server: {window.connect_problem}")
+            return
+        discovery = window.discovery
+        if discovery is None:
+            if time.monotonic() >= deadline:
+                finish(1, f"check failed: still looking for a server after {options.wait_s:g} s")
+            return
+        where = f"{discovery.conn.server} ({discovery.origin}; data dir {data_dir})"
+        state = window.hooks_panel.stream_state
+        message = window.hooks_panel.stream_message
+        if state == "live":
+            finish(0, f"attached to {where}; hook stream live")
+        elif state == "error":
+            finish(1, f"check failed: attached to {where}, but the hook stream failed: {message}")
+        elif time.monotonic() >= deadline:
+            finish(
+                1,
+                f"check failed: attached to {where}, but the hook stream is not live after "
+                f"{options.wait_s:g} s ({message})",
+            )
 
     poll.timeout.connect(check)
     poll.start(100)

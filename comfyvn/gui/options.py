@@ -56,8 +56,10 @@ class StudioOptions:
     scene: str | None = None  # play this scene (catalogue id) in the Scenario workspace at start
     hooks_tab: str | None = None  # open this Modder Hooks tab (stream|plugins); None: the last one
     screenshot: Path | None = None
+    check: bool = False  # attach, say to what, exit: 0 once the hook stream is live, else 1
     wait_s: float = 20.0
-    remember_layout: bool = True  # screenshots use the default layout, so pictures are repeatable
+    # screenshots use the default layout, so pictures are repeatable; checks leave it alone
+    remember_layout: bool = True
     timeouts: Timeouts = field(default_factory=Timeouts.from_env)
 
     def resolved_data_dir(self) -> Path:

@@ -98,7 +98,11 @@ def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None 
         print(json.dumps(body, indent=2), file=out)
         return _verdict(args, results, err)
     if not results:
-        print("no providers registered (add one with POST /api/providers)", file=out)
+        print(
+            "no providers registered (add one with POST /api/providers, or Add provider... in "
+            "the Studio's Debug Integrations panel)",
+            file=out,
+        )
         return 0
     color = out.isatty() and not args.no_color
     print(render_table(results, color), file=out)

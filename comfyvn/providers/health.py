@@ -25,7 +25,7 @@ from .config import ProviderSettings
 from .files import read_json, write_json_atomic
 from .models import CheckResult, ProviderSpec, Thresholds
 from .registry import ProviderRegistry
-from .secrets import ERROR_CHARS, REASON_CHARS, Scrubber
+from .secrets import ERROR_CHARS, REASON_CHARS, ResolvedSecrets, Scrubber, resolve_stored
 
 __all__ = ["Check", "HealthService"]
 
@@ -92,10 +92,37 @@ class HealthService:
             log.info("checked %d provider(s): %s", len(checks), counts)
         return checks
 
-    async def _check_one(self, spec: ProviderSpec, scrubber: Scrubber) -> Check:
-        if not spec.enabled:
+    async def test(self, spec: ProviderSpec, secret_values: dict[str, str]) -> Check:
+        """One check of a provider that is not (or not yet in this form) saved: the same
+        adapter, timeout, concurrency limit, address policy and scrubbing as every check, with
+        ``secret_values`` (literal or ``env:`` references, the stored form) instead of the
+        registry's. Runs even when ``spec`` is disabled (it is a test); records nothing."""
+        resolved = resolve_stored(secret_values)
+        scrubber = Scrubber([*self.registry.secrets.all_values(), *resolved.values.values()])
+        check = await self._check_one(spec, scrubber, resolved, even_disabled=True)
+        # Defence in depth, as for the registry's views: a key pasted into the name is not echoed.
+        check.result.provider_name = scrubber.text(check.result.provider_name)
+        log.info(
+            "tested provider %r (%s) without saving it: %s (%s)",
+            spec.id,
+            spec.kind,
+            check.result.status,
+            check.result.reason_code,
+        )
+        return check
+
+    async def _check_one(
+        self,
+        spec: ProviderSpec,
+        scrubber: Scrubber,
+        secrets: ResolvedSecrets | None = None,
+        *,
+        even_disabled: bool = False,
+    ) -> Check:
+        if not spec.enabled and not even_disabled:
             return Check(self._result(spec, Outcome("gray", "disabled", "disabled"), None))
-        secrets = self.registry.secrets.resolve(spec.id)
+        if secrets is None:
+            secrets = self.registry.secrets.resolve(spec.id)
         if secrets.refused:
             refused = "; ".join(
                 f"secrets.{name}: {why}" for name, why in sorted(secrets.refused.items())

@@ -18,7 +18,9 @@ from comfyvn.core.env import EnvError, env_names
 __all__ = [
     "DEFAULT_BASE_URLS",
     "KINDS",
+    "KIND_CONFIG",
     "QUOTA_KINDS",
+    "RESERVED_IDS",
     "CheckResult",
     "Kind",
     "MaskedSecret",
@@ -53,6 +55,9 @@ DEFAULT_BASE_URLS: dict[str, str | None] = {
 }
 
 SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+# Path segments of /api/providers routes: a provider with one of these ids could not be read
+# back with GET /api/providers/{id}, so new providers may not take them.
+RESERVED_IDS = frozenset({"health", "status", "quota", "templates", "test"})
 SECRET_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 ENV_REF_RE = re.compile(r"^env:([A-Za-z_][A-Za-z0-9_]{0,127})$")
 # ``env:NAME`` may only name variables meant for it: without the rule, ``env:PATH`` (or any
@@ -72,28 +77,49 @@ def slugify(text: str) -> str:
 
 
 class ThresholdOverrides(BaseModel):
-    """Per-provider overrides; unset fields fall back to :class:`Thresholds` defaults."""
+    """Per-provider overrides; unset fields fall back to :class:`Thresholds` defaults.
+
+    ``json_schema_extra["kinds"]`` names the kinds a threshold applies to (the provider
+    templates offer each only there)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    latency_amber_ms: float | None = Field(None, ge=0, description="Amber above this latency.")
+    latency_amber_ms: float | None = Field(
+        None,
+        ge=0,
+        title="Slow above (ms)",
+        description="Amber above this latency.",
+        json_schema_extra={"kinds": ["comfyui", "runpod", "openai", "http"]},
+    )
     low_balance: float | None = Field(
-        None, ge=0, description="RunPod: amber when clientBalance is under this."
+        None,
+        ge=0,
+        title="Low balance (USD)",
+        description="RunPod: amber when clientBalance is under this.",
+        json_schema_extra={"kinds": ["runpod"]},
     )
     queue_amber: int | None = Field(
-        None, ge=1, description="ComfyUI: amber when this many prompts are pending."
+        None,
+        ge=1,
+        title="Long queue (pending prompts)",
+        description="ComfyUI: amber when this many prompts are pending.",
+        json_schema_extra={"kinds": ["comfyui"]},
     )
     vram_free_amber_ratio: float | None = Field(
         None,
         ge=0,
         le=1,
+        title="Low free VRAM (ratio)",
         description="ComfyUI: amber when a device's free VRAM ratio is under this.",
+        json_schema_extra={"kinds": ["comfyui"]},
     )
     rate_limit_amber_ratio: float | None = Field(
         None,
         ge=0,
         le=1,
+        title="Low rate limit (ratio)",
         description="OpenAI: amber when remaining/limit requests or tokens is under this.",
+        json_schema_extra={"kinds": ["openai"]},
     )
 
 
@@ -133,10 +159,21 @@ SecretInput = str | MaskedSecret | None
 class _HttpConfig(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    health_path: str = "/"
-    method: Literal["GET", "HEAD"] = "GET"
-    accepted_status: list[int] | None = None
-    auth_header: str = "Authorization"
+    health_path: str = Field(
+        "/", title="Health path", description="Path requested on base_url, starting with '/'."
+    )
+    method: Literal["GET", "HEAD"] = Field("GET", title="Method", description="GET or HEAD.")
+    accepted_status: list[int] | None = Field(
+        None,
+        title="Accepted status codes",
+        description="Status codes that count as up, e.g. 200, 204; empty: any 2xx.",
+    )
+    auth_header: str = Field(
+        "Authorization",
+        title="Key header",
+        description="Header that carries the API key: 'Authorization' sends 'Bearer <key>', "
+        "any other header the bare key.",
+    )
 
     @field_validator("health_path")
     @classmethod
@@ -168,7 +205,12 @@ class _HttpConfig(BaseModel):
 class _OpenAIConfig(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    models_path: str | None = None
+    models_path: str | None = Field(
+        None,
+        title="Models path",
+        description="Path of the model list, starting with '/'; empty: /v1/models "
+        "(or /models when base_url ends in /v1).",
+    )
 
     @field_validator("models_path")
     @classmethod
@@ -178,7 +220,8 @@ class _OpenAIConfig(BaseModel):
         return value
 
 
-_KIND_CONFIG: dict[str, type[BaseModel]] = {"http": _HttpConfig, "openai": _OpenAIConfig}
+# The ``config`` each kind reads (validated at creation); the provider templates list its fields.
+KIND_CONFIG: dict[str, type[BaseModel]] = {"http": _HttpConfig, "openai": _OpenAIConfig}
 
 
 def _check_base_url(value: str) -> str:
@@ -215,7 +258,7 @@ def _check_config(kind: str, config: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(
             f"config key(s) {leaked} look like credentials; send them in 'secrets' instead"
         )
-    model = _KIND_CONFIG.get(kind)
+    model = KIND_CONFIG.get(kind)
     if model is not None:
         model.model_validate(config)
     return config
@@ -316,16 +359,40 @@ class ProviderCreate(_SecretsField):
 
     model_config = ConfigDict(extra="forbid")
 
-    id: str | None = None
-    name: str | None = Field(None, min_length=1, max_length=120)
+    id: str | None = Field(
+        None,
+        title="ID",
+        description="A slug (lower-case letters, digits, '-' and '_'); derived from the name "
+        "when omitted. It cannot be changed later.",
+    )
+    name: str | None = Field(
+        None, min_length=1, max_length=120, title="Name", description="Shown in the Studio."
+    )
     kind: Kind
-    base_url: str | None = Field(None, max_length=2048)
-    enabled: bool = True
+    base_url: str | None = Field(
+        None,
+        max_length=2048,
+        title="Base URL",
+        description="http:// or https://, without credentials or a query (keys go in secrets).",
+    )
+    enabled: bool = Field(
+        True, title="Enabled", description="A disabled provider is gray and never contacted."
+    )
     config: dict[str, Any] = Field(default_factory=dict)
     thresholds: ThresholdOverrides = Field(default_factory=ThresholdOverrides)
 
     _id = field_validator("id")(_slug)
     _url = field_validator("base_url")(_url_or_none)
+
+    @field_validator("id")
+    @classmethod
+    def _not_reserved(cls, value: str | None) -> str | None:
+        if value in RESERVED_IDS:
+            raise ValueError(
+                f"id {value!r} is reserved (GET /api/providers/{value} is a route of its own); "
+                "choose another"
+            )
+        return value
 
     @model_validator(mode="after")
     def _named(self) -> ProviderCreate:

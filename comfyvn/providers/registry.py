@@ -22,6 +22,7 @@ from comfyvn.net import AddressPolicy, RefusedAddress
 from .files import read_json, write_json_atomic
 from .models import (
     QUOTA_KINDS,
+    RESERVED_IDS,
     MaskedSecret,
     ProviderCreate,
     ProviderSpec,
@@ -177,61 +178,73 @@ class ProviderRegistry:
     # -- changing ----------------------------------------------------------------------------
     async def create(self, body: ProviderCreate) -> ProviderSpec:
         async with self._lock:
-            if body.id is not None:
-                if body.id in self._providers:
-                    raise Conflict(f"a provider with id {body.id!r} already exists")
-                provider_id = body.id
-            else:
-                provider_id = self._free_id(slugify(body.name or ""))
-            now = time.time()
-            data = body.model_dump(exclude={"secrets"})
-            data.update(id=provider_id, name=body.name or provider_id)
-            data.update(created_at=now, updated_at=now)
-            spec = self._validate(data)
-            await self._vet_base_url(spec)
-            values = {k: v for k, v in body.secrets.items() if isinstance(v, str)}
+            if body.id is not None and body.id in self._providers:
+                raise Conflict(f"a provider with id {body.id!r} already exists")
+            spec, values = await self.prepare_create(body)
             await self._commit({**self._providers, spec.id: spec}, spec.id, values)
             log.info("provider %r (%s) added", spec.id, spec.kind)
             return spec
 
+    async def prepare_create(self, body: ProviderCreate) -> tuple[ProviderSpec, dict[str, str]]:
+        """The provider ``body`` would create and its secret values, validated and vetted
+        exactly as :meth:`create` does, with nothing stored (``POST /api/providers/test``).
+        An ``id`` already taken is not refused here; :meth:`create` does that."""
+        provider_id = body.id or self._free_id(slugify(body.name or ""))
+        now = time.time()
+        data = body.model_dump(exclude={"secrets"})
+        data.update(id=provider_id, name=body.name or provider_id)
+        data.update(created_at=now, updated_at=now)
+        spec = self._validate(data)
+        await self._vet_base_url(spec)
+        return spec, {k: v for k, v in body.secrets.items() if isinstance(v, str)}
+
     async def update(self, provider_id: str, body: ProviderUpdate) -> ProviderSpec:
         async with self._lock:
-            current = self.get(provider_id)
-            if body.id is not None and body.id != provider_id:
-                raise Invalid(
-                    [
-                        {
-                            "loc": ["body", "id"],
-                            "msg": f"id {body.id!r} does not match the URL's {provider_id!r}; "
-                            "ids cannot be changed",
-                            "type": "value_error",
-                        }
-                    ]
-                )
-            data = current.model_dump()
-            for name in body.model_fields_set - {"id", "secrets"}:
-                value = getattr(body, name)
-                if name == "thresholds":
-                    value = value.model_dump(exclude_none=True) if value is not None else {}
-                elif name == "config" and value is None:
-                    value = {}
-                if value is None and name in ("name", "kind", "enabled"):
-                    continue  # null for a required field means "leave it"
-                data[name] = value
-            data["updated_at"] = time.time()
-            spec = self._validate(data)
-            if spec.base_url != current.base_url:  # an unchanged one can still be disabled
-                await self._vet_base_url(spec)
-            values = self.secrets.names(provider_id)
-            for name, secret in body.secrets.items():
-                if isinstance(secret, str):
-                    values[name] = secret
-                elif secret is None or (isinstance(secret, MaskedSecret) and not secret.set):
-                    values.pop(name, None)
-                # a masked value sent back unchanged keeps the stored secret
+            spec, values = await self.prepare_update(provider_id, body)
             await self._commit({**self._providers, spec.id: spec}, spec.id, values)
             log.info("provider %r updated", spec.id)
             return spec
+
+    async def prepare_update(
+        self, provider_id: str, body: ProviderUpdate
+    ) -> tuple[ProviderSpec, dict[str, str]]:
+        """The provider as ``body`` would leave it and its secret values (stored ones kept
+        unless replaced or removed), validated and vetted as :meth:`update` does, with nothing
+        stored (``POST /api/providers/{id}/test``)."""
+        current = self.get(provider_id)
+        if body.id is not None and body.id != provider_id:
+            raise Invalid(
+                [
+                    {
+                        "loc": ["body", "id"],
+                        "msg": f"id {body.id!r} does not match the URL's {provider_id!r}; "
+                        "ids cannot be changed",
+                        "type": "value_error",
+                    }
+                ]
+            )
+        data = current.model_dump()
+        for name in body.model_fields_set - {"id", "secrets"}:
+            value = getattr(body, name)
+            if name == "thresholds":
+                value = value.model_dump(exclude_none=True) if value is not None else {}
+            elif name == "config" and value is None:
+                value = {}
+            if value is None and name in ("name", "kind", "enabled"):
+                continue  # null for a required field means "leave it"
+            data[name] = value
+        data["updated_at"] = time.time()
+        spec = self._validate(data)
+        if spec.base_url != current.base_url:  # an unchanged one can still be disabled
+            await self._vet_base_url(spec)
+        values = self.secrets.names(provider_id)
+        for name, secret in body.secrets.items():
+            if isinstance(secret, str):
+                values[name] = secret
+            elif secret is None or (isinstance(secret, MaskedSecret) and not secret.set):
+                values.pop(name, None)
+            # a masked value sent back unchanged keeps the stored secret
+        return spec, values
 
     async def delete(self, provider_id: str) -> None:
         async with self._lock:
@@ -276,7 +289,7 @@ class ProviderRegistry:
 
     def _free_id(self, base: str) -> str:
         candidate, n = base, 2
-        while candidate in self._providers:
+        while candidate in self._providers or candidate in RESERVED_IDS:
             suffix = f"-{n}"
             candidate = base[: 63 - len(suffix)] + suffix
             n += 1

@@ -33,6 +33,7 @@ __all__ = [
     "Scrubber",
     "SecretStore",
     "mask_secret",
+    "resolve_stored",
 ]
 
 log = logging.getLogger("comfyvn.providers")
@@ -98,6 +99,27 @@ class ResolvedSecrets:
 
     def get(self, name: str) -> str | None:
         return self.values.get(name)
+
+
+def resolve_stored(stored: dict[str, str]) -> ResolvedSecrets:
+    """Stored secret values (literal, or ``env:NAME`` references) ready for one check: the
+    same rule for a registered provider and for one tested before it is saved."""
+    resolved = ResolvedSecrets()
+    for name, value in stored.items():
+        ref = ENV_REF_RE.fullmatch(value)
+        if ref is None:
+            resolved.values[name] = value
+            continue
+        refusal = env_ref_refusal(ref.group(1))
+        if refusal is not None:  # stored before the rule, or the allow-list shrank
+            resolved.refused[name] = refusal
+            continue
+        variable = os.environ.get(ref.group(1), "")
+        if variable:
+            resolved.values[name] = variable
+        else:
+            resolved.unresolved[name] = ref.group(1)
+    return resolved
 
 
 class Scrubber:
@@ -238,22 +260,7 @@ class SecretStore:
         return {name: mask_secret(v) for name, v in sorted(self._data.get(provider_id, {}).items())}
 
     def resolve(self, provider_id: str) -> ResolvedSecrets:
-        resolved = ResolvedSecrets()
-        for name, stored in self._data.get(provider_id, {}).items():
-            ref = ENV_REF_RE.fullmatch(stored)
-            if ref is None:
-                resolved.values[name] = stored
-                continue
-            refusal = env_ref_refusal(ref.group(1))
-            if refusal is not None:  # stored before the rule, or the allow-list shrank
-                resolved.refused[name] = refusal
-                continue
-            value = os.environ.get(ref.group(1), "")
-            if value:
-                resolved.values[name] = value
-            else:
-                resolved.unresolved[name] = ref.group(1)
-        return resolved
+        return resolve_stored(self._data.get(provider_id, {}))
 
     def all_values(self) -> list[str]:
         """Every literal secret and every resolvable env reference, for scrubbing."""

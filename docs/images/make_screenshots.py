@@ -7,8 +7,9 @@ temporary data dir, plays a few scenario steps so the hook stream has content, t
 screenshot command for each picture. For the Plugins tab it starts a second server whose plugin
 folder holds a healthy plugin and one whose hook raises and whose next edit does not compile
 (reloaded, so its previous version keeps running). The Webhooks dock's picture comes from
-``tests/test_gui_webhooks.py`` (a healthy and a failing subscription on a real local receiver).
-Nothing here is drawn by hand.
+``tests/test_gui_webhooks.py`` (a healthy and a failing subscription on a real local receiver),
+and the Add provider dialog's from ``tests/test_gui_provider_onboarding.py`` (filled for RunPod
+and tested against a fake RunPod GraphQL server). Nothing here is drawn by hand.
 """
 
 from __future__ import annotations
@@ -199,6 +200,23 @@ def main() -> int:
             **os.environ,
             "QT_QPA_PLATFORM": "offscreen",
             "COMFYVN_WEBHOOKS_SCREENSHOT": str(webhooks),
+        },
+        check=True,
+        timeout=300,
+    )
+    # The Add provider dialog: filled for RunPod from its template and tested, key masked.
+    dialog = OUT / "studio_provider_add.png"
+    print(f"$ pytest tests/test_gui_provider_onboarding.py -k add_runpod -> {dialog}", flush=True)
+    subprocess.run(
+        [
+            *[sys.executable, "-m", "pytest", "-q", "tests/test_gui_provider_onboarding.py"],
+            *["-k", "add_runpod"],
+        ],
+        cwd=ROOT,
+        env={
+            **os.environ,
+            "QT_QPA_PLATFORM": "offscreen",
+            "COMFYVN_PROVIDER_ADD_SCREENSHOT": str(dialog),
         },
         check=True,
         timeout=300,

@@ -1,5 +1,6 @@
 """Debug Integrations: one row per compute provider with its health, latency, quota and masked
-config, refreshed on demand or on a timer.
+config, refreshed on demand or on a timer; Add / Edit / Remove providers from the server's
+templates (:mod:`comfyvn.gui.panels.provider_dialog`, where Test runs one check before saving).
 
 Every request runs on a worker thread (see :mod:`comfyvn.gui.workers`); the GUI thread only
 builds rows. Polling runs only while the panel is visible. When the server is slow or gone the
@@ -9,8 +10,10 @@ panel keeps the last rows and says what went wrong in a banner.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 from PySide6.QtCore import QSettings, Qt, QTimer, Signal
 from PySide6.QtGui import QBrush, QColor, QHideEvent, QShowEvent
@@ -19,6 +22,7 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QHeaderView,
     QLabel,
+    QMessageBox,
     QPushButton,
     QSpinBox,
     QTreeWidget,
@@ -40,6 +44,7 @@ from ..formatting import (
 from ..options import DEFAULT_REFRESH_S
 from ..theme import STATUS_COLORS, mono_font, status_chips, status_icon
 from ..workers import run_async
+from .provider_dialog import PROVIDERS, ProviderDialog
 
 __all__ = ["COLUMNS", "STATUS_ROLE", "DebugIntegrationsPanel", "ProviderRow"]
 
@@ -77,6 +82,8 @@ class ProviderRow:
 class DebugIntegrationsPanel(QWidget):
     refreshed = Signal(bool)  # after each fresh check: True with results, False on failure
     summary_changed = Signal(object)  # counts per SUMMARY_LABELS bucket (status, or disabled)
+    action_finished = Signal(str, bool)  # (add | edit | remove, ok) once the server answered
+    templates_loaded = Signal(bool)
 
     def __init__(self, parent: QWidget | None = None, settings: QSettings | None = None) -> None:
         super().__init__(parent)
@@ -87,11 +94,17 @@ class DebugIntegrationsPanel(QWidget):
         self._in_flight = False
         self._again = False
         self._generation = 0
+        self._select_after_render: str | None = None
         self._last_ok_at: float | None = None
         self._visible = False
         self.refresh_count = 0  # completed fresh checks (tests and the screenshot wait on it)
         self.failure_count = 0
         self.last_error: str | None = None
+        self._templates: list[dict[str, Any]] | None = None
+        self._templates_loading = False
+        self._after_templates: list[Callable[[], None]] = []
+        self.provider_dialog: ProviderDialog | None = None
+        self.confirm_box: QMessageBox | None = None
 
         self.refresh_button = QPushButton("Refresh")
         self.refresh_button.setToolTip("Run fresh health checks on every provider now (F5)")
@@ -102,12 +115,25 @@ class DebugIntegrationsPanel(QWidget):
         self.interval_spin.setRange(1, 3600)
         self.interval_spin.setSuffix(" s")
         self.interval_spin.setPrefix("every ")
+        self.add_button = QPushButton("Add provider…")
+        self.add_button.setToolTip("Add a provider from a template (ComfyUI, RunPod, OpenAI, HTTP)")
+        self.add_button.clicked.connect(self.open_add_dialog)
+        self.edit_button = QPushButton("Edit…")
+        self.edit_button.setToolTip("Change the selected provider (double-click a row)")
+        self.edit_button.clicked.connect(self.open_edit_dialog)
+        self.remove_button = QPushButton("Remove…")
+        self.remove_button.setToolTip("Remove the selected provider and its stored secrets")
+        self.remove_button.clicked.connect(self.confirm_remove)
         self.summary_label = QLabel()
         self.summary_label.setTextFormat(Qt.TextFormat.RichText)
         controls = QHBoxLayout()
         controls.addWidget(self.refresh_button)
         controls.addWidget(self.auto_check)
         controls.addWidget(self.interval_spin)
+        controls.addSpacing(12)
+        controls.addWidget(self.add_button)
+        controls.addWidget(self.edit_button)
+        controls.addWidget(self.remove_button)
         controls.addStretch(1)
         controls.addWidget(self.summary_label)
 
@@ -136,6 +162,8 @@ class DebugIntegrationsPanel(QWidget):
         ):
             header.resizeSection(col, width)
         header.setSectionResizeMode(COL_REASON, QHeaderView.ResizeMode.Stretch)
+        self.tree.currentItemChanged.connect(lambda *_: self._update_buttons())
+        self.tree.itemDoubleClicked.connect(lambda *_: self.open_edit_dialog())
 
         self.footer = QLabel()
         self.footer.setObjectName("info")
@@ -162,6 +190,7 @@ class DebugIntegrationsPanel(QWidget):
         self._generation += 1
         self._in_flight = False
         self._not_connected = problem or "connecting to the server…"
+        self._templates, self._templates_loading, self._after_templates = None, False, []
         if api is None:
             self._show_banner(f"Not connected: {self._not_connected}")
             self._render()
@@ -169,7 +198,9 @@ class DebugIntegrationsPanel(QWidget):
         else:
             self.banner.hide()
             self.refresh()
+            self.load_templates()
         self._update_polling()
+        self._update_buttons()
 
     @property
     def polling(self) -> bool:
@@ -182,6 +213,176 @@ class DebugIntegrationsPanel(QWidget):
 
     def rows(self) -> list[ProviderRow]:
         return list(self._rows)
+
+    def templates(self) -> list[dict[str, Any]] | None:
+        """The server's provider templates, once loaded (``None`` before)."""
+        return None if self._templates is None else list(self._templates)
+
+    def selected_id(self) -> str | None:
+        """The provider of the selected row (a detail line counts as its provider's)."""
+        item = self.tree.currentItem()
+        while item is not None and item.parent() is not None:
+            item = item.parent()
+        provider_id = item.data(0, ID_ROLE) if item is not None else None
+        return str(provider_id) if provider_id else None
+
+    def select(self, provider_id: str) -> bool:
+        for i in range(self.tree.topLevelItemCount()):
+            item = self.tree.topLevelItem(i)
+            if item.data(0, ID_ROLE) == provider_id:
+                self.tree.setCurrentItem(item)
+                return True
+        return False
+
+    # -- add / edit / remove -----------------------------------------------------------------
+    def load_templates(self, then: Callable[[], None] | None = None) -> None:
+        """``GET /api/providers/templates`` off the GUI thread (once per connection); ``then``
+        runs when they are there."""
+        if then is not None:
+            self._after_templates.append(then)
+        api = self._api
+        if api is None or self._templates_loading:
+            return
+        if self._templates is not None:
+            self._run_after_templates()
+            return
+        self._templates_loading = True
+        generation = self._generation
+        run_async(
+            lambda: api.get(f"{PROVIDERS}/templates"),
+            lambda answer: self._on_templates(generation, answer),
+            lambda exc: self._on_templates_error(generation, exc),
+            name="comfyvn-provider-templates",
+        )
+
+    def _on_templates(self, generation: int, answer: Any) -> None:
+        if generation != self._generation:
+            return
+        self._templates_loading = False
+        templates = answer.get("templates") if isinstance(answer, dict) else None
+        self._templates = [t for t in templates or [] if isinstance(t, dict)]
+        self._update_buttons()
+        self.templates_loaded.emit(True)
+        self._run_after_templates()
+
+    def _on_templates_error(self, generation: int, exc: BaseException) -> None:
+        if generation != self._generation:
+            return
+        self._templates_loading = False
+        self._after_templates = []  # asked again on the next click
+        api = self._api
+        message = describe_failure(exc, api.conn.server if api else "?", api and api.timeout_s)
+        self.footer.setText(f"Could not load the provider templates: {message}")
+        self.templates_loaded.emit(False)
+
+    def _run_after_templates(self) -> None:
+        waiting, self._after_templates = self._after_templates, []
+        for then in waiting:
+            then()
+
+    def open_add_dialog(self) -> ProviderDialog | None:
+        """The Add dialog (window-modal, never a nested event loop); ``None`` while the
+        templates are still loading: the dialog opens once they are there."""
+        if self._api is None:
+            self._show_banner(f"Not connected: {self._not_connected}")
+            return None
+        if self._templates is None:
+            self.footer.setText("Loading the provider templates…")
+            self.load_templates(self.open_add_dialog)
+            return None
+        return self._open_dialog(None)
+
+    def open_edit_dialog(self, provider_id: str | None = None) -> ProviderDialog | None:
+        provider_id = provider_id or self.selected_id()
+        row = next((r for r in self._rows if r.id == provider_id), None)
+        if self._api is None or row is None:
+            return None
+        if self._templates is None:
+            self.footer.setText("Loading the provider templates…")
+            self.load_templates(lambda: self.open_edit_dialog(provider_id))
+            return None
+        return self._open_dialog(dict(row.provider))
+
+    def _open_dialog(self, provider: dict[str, Any] | None) -> ProviderDialog | None:
+        if self.provider_dialog is not None:  # one at a time
+            self.provider_dialog.raise_()
+            self.provider_dialog.activateWindow()
+            return self.provider_dialog
+        assert self._api is not None and self._templates is not None
+        dialog = ProviderDialog(
+            self._api, self._templates, provider, on_saved=self._on_saved, parent=self
+        )
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        dialog.destroyed.connect(self._dialog_gone)
+        self.provider_dialog = dialog
+        dialog.open()
+        return dialog
+
+    def _dialog_gone(self, *_: Any) -> None:
+        self.provider_dialog = None
+
+    def _on_saved(self, action: str, provider: dict[str, Any]) -> None:
+        name = provider.get("name") or provider.get("id") or "provider"
+        verb = "Added" if action == "add" else "Saved"
+        self.footer.setText(f"{verb} {name} ({provider.get('kind', '?')}); checking it…")
+        if provider.get("id"):
+            self._select_after_render = str(provider["id"])
+        self.action_finished.emit(action, True)
+        self.refresh()
+
+    def confirm_remove(self) -> QMessageBox | None:
+        provider_id = self.selected_id()
+        row = next((r for r in self._rows if r.id == provider_id), None)
+        if row is None or self._api is None:
+            return None
+        name = row.provider.get("name") or row.id
+        box = QMessageBox(
+            QMessageBox.Icon.Warning,
+            "Remove provider",
+            f"Remove the provider {name} ({row.provider.get('kind')}, id {row.id}) and its "
+            "stored secrets? This cannot be undone.",
+            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.Cancel,
+            self,
+        )
+        box.setDefaultButton(QMessageBox.StandardButton.Cancel)
+        box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+
+        def answered(button: int) -> None:
+            if button == QMessageBox.StandardButton.Yes:
+                self.remove_provider(row.id)
+
+        box.finished.connect(answered)
+        box.destroyed.connect(lambda: setattr(self, "confirm_box", None))
+        self.confirm_box = box
+        box.open()
+        return box
+
+    def remove_provider(self, provider_id: str) -> None:
+        api = self._api
+        if api is None:
+            return
+        path = f"{PROVIDERS}/{quote(provider_id, safe='')}"
+        self.footer.setText(f"Removing {provider_id}…")
+
+        def done(_answer: Any) -> None:
+            self.footer.setText(f"Removed {provider_id}")
+            self.action_finished.emit("remove", True)
+            self.refresh()
+
+        def failed(exc: BaseException) -> None:
+            message = describe_failure(exc, api.conn.server, api.timeout_s)
+            self.footer.setText(f"Remove failed: {message}")
+            self.action_finished.emit("remove", False)
+            self.refresh()
+
+        run_async(lambda: api.delete(path), done, failed, name="comfyvn-provider-remove")
+
+    def _update_buttons(self) -> None:
+        connected = self._api is not None
+        selected = connected and self.selected_id() is not None
+        self.add_button.setEnabled(connected)
+        self.edit_button.setEnabled(selected)
+        self.remove_button.setEnabled(selected)
 
     def refresh(self) -> None:
         """Fresh checks of every provider, off the GUI thread; at most one request in flight."""
@@ -243,6 +444,7 @@ class DebugIntegrationsPanel(QWidget):
         self._last_ok_at = time.time()
         self.last_error = None
         self.banner.hide()
+        self.refresh_count += 1  # before rendering: an empty registry is "none yet", not loading
         self._render()
         elapsed = health.get("elapsed_ms")
         took = f" in {format_latency(elapsed)}" if isinstance(elapsed, int | float) else ""
@@ -250,7 +452,6 @@ class DebugIntegrationsPanel(QWidget):
             f"Checked {len(self._rows)} provider(s){took} at {format_clock(self._last_ok_at)}"
             + (" · auto-refresh on" if self.auto_check.isChecked() else "")
         )
-        self.refresh_count += 1
         self.refreshed.emit(True)
         self._maybe_again()
 
@@ -301,8 +502,9 @@ class DebugIntegrationsPanel(QWidget):
             for i in range(self.tree.topLevelItemCount())
             if self.tree.topLevelItem(i).isExpanded()
         }
-        current = self.tree.currentItem()
-        current_id = current.data(0, ID_ROLE) if current is not None else None
+        current_id = self._select_after_render or self.selected_id()
+        if any(row.id == self._select_after_render for row in self._rows):
+            self._select_after_render = None
         scroll = self.tree.verticalScrollBar().value()
         self.tree.clear()
         counts = dict.fromkeys(SUMMARY_LABELS, 0)
@@ -322,7 +524,7 @@ class DebugIntegrationsPanel(QWidget):
             elif self.last_error:
                 text = "No provider data: see the message above"
             elif self.refresh_count:
-                text = "No providers yet: add one with POST /api/providers"
+                text = "No providers yet: add one with Add provider…"
             else:
                 text = "Loading providers…"
             placeholder = QTreeWidgetItem([text])
@@ -331,6 +533,7 @@ class DebugIntegrationsPanel(QWidget):
             self.tree.addTopLevelItem(placeholder)
             placeholder.setFirstColumnSpanned(True)  # only takes once the item is in the tree
         self.summary_label.setText(status_chips(counts))
+        self._update_buttons()
         if self._rows or self.refresh_count:  # known, not merely "nothing loaded yet"
             self.summary_changed.emit(counts)
 

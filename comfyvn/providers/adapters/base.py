@@ -146,7 +146,11 @@ class Adapter:
 
     kind: ClassVar[str] = ""
     supports_quota: ClassVar[bool] = False
+    # Whether the adapter sends ``secrets.api_key`` at all, must have it, and how the provider
+    # templates (GET /api/providers/templates) describe it.
+    uses_key: ClassVar[bool] = True
     needs_key: ClassVar[bool] = False
+    key_help: ClassVar[str] = "Optional; sent as 'Authorization: Bearer <key>', never in a URL."
 
     def __init__(
         self,

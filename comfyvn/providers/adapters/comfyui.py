@@ -24,6 +24,10 @@ def _num(value: Any) -> float:
 class ComfyUIAdapter(Adapter):
     kind = "comfyui"
     supports_quota = True
+    key_help = (
+        "Optional: only for a ComfyUI behind an authenticating proxy; sent as "
+        "'Authorization: Bearer <key>'."
+    )
 
     async def health(self) -> Outcome:
         stats_resp, queue_resp = await asyncio.gather(

@@ -10,6 +10,7 @@ __all__ = ["EchoAdapter"]
 
 class EchoAdapter(Adapter):
     kind = "echo"
+    uses_key = False
 
     async def health(self) -> Outcome:
         return Outcome(

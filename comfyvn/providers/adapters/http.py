@@ -11,6 +11,10 @@ __all__ = ["HttpAdapter"]
 
 class HttpAdapter(Adapter):
     kind = "http"
+    key_help = (
+        "Optional: sent in the key header ('Authorization: Bearer <key>' by default, or the "
+        "bare key in the header you name)."
+    )
 
     def headers(self) -> dict[str, str]:
         key = self.api_key

@@ -58,6 +58,9 @@ def parse_rate_limits(headers: httpx.Headers) -> dict[str, Any]:
 class OpenAIAdapter(Adapter):
     kind = "openai"
     supports_quota = True
+    key_help = (
+        "Sent as 'Authorization: Bearer <key>'; a local OpenAI-compatible server may need none."
+    )
 
     def models_url(self) -> str:
         configured = self.spec.config.get("models_path")

@@ -30,6 +30,10 @@ class RunPodAdapter(Adapter):
     kind = "runpod"
     supports_quota = True
     needs_key = True
+    key_help = (
+        "Your RunPod API key (RunPod console: Settings > API Keys); sent as a Bearer header, "
+        "never in a URL."
+    )
 
     def endpoint(self) -> str:
         """The base_url itself; a bare host (no path) gets RunPod's ``/graphql``."""

@@ -1,5 +1,6 @@
-"""Provider routes: the registry (secrets masked), fresh concurrent health checks, last results
-with history for the Studio panel, and quota."""
+"""Provider routes: the registry (secrets masked), templates for the Studio's Add / Edit dialog,
+one check of an unsaved provider, fresh concurrent health checks, last results with history for
+the Studio panel, and quota."""
 
 from __future__ import annotations
 
@@ -11,7 +12,15 @@ from fastapi import APIRouter, HTTPException, Query, Request, Response
 from fastapi.routing import APIRoute
 
 from comfyvn.providers.component import Providers
-from comfyvn.providers.models import KINDS, QUOTA_KINDS, ProviderCreate, ProviderUpdate, Thresholds
+from comfyvn.providers.health import Check
+from comfyvn.providers.models import (
+    KINDS,
+    QUOTA_KINDS,
+    ProviderCreate,
+    ProviderUpdate,
+    Thresholds,
+)
+from comfyvn.providers.templates import TemplateList, provider_templates
 
 from ..bodies import parse_json, read_limited_body
 from ..errors import error_responses
@@ -106,6 +115,46 @@ async def create_provider(request: Request, body: ProviderCreate) -> dict[str, A
     registry = _providers(request).registry
     spec = await registry.create(body)
     return {"ok": True, "provider": registry.describe(spec)}
+
+
+@router.get(
+    "/templates",
+    summary="One template per kind: the fields of a POST body, their defaults, which are secret",
+    response_model=TemplateList,
+)
+async def templates() -> TemplateList:
+    return TemplateList(templates=provider_templates())
+
+
+def _tested(check: Check) -> dict[str, Any]:
+    """``ok``: the test ran (``result.ok``: the provider is up); nothing was saved."""
+    return {"ok": True, "saved": False, "result": check.result.to_dict(), "raw": check.raw}
+
+
+@router.post(
+    "/test",
+    summary="One check of a provider before it is saved (the POST /api/providers body); "
+    "stores nothing",
+    responses=error_responses(413),
+)
+async def test_new_provider(request: Request, body: ProviderCreate) -> dict[str, Any]:
+    providers = _providers(request)
+    spec, secrets = await providers.registry.prepare_create(body)
+    return _tested(await providers.health.test(spec, secrets))
+
+
+@router.post(
+    "/{provider_id}/test",
+    summary="One check of a provider as a PUT body would change it (stored secrets kept unless "
+    "replaced); stores nothing",
+    responses=error_responses(404, 413),
+)
+async def test_changed_provider(
+    request: Request, provider_id: str, body: ProviderUpdate
+) -> dict[str, Any]:
+    providers = _providers(request)
+    spec, secrets = await providers.registry.prepare_update(provider_id, body)
+    return _tested(await providers.health.test(spec, secrets))
 
 
 @router.get("/health", summary="Run fresh checks concurrently and return them", responses=_ERRORS)
