@@ -193,3 +193,37 @@ def test_an_unreachable_bus_stops_start_up_with_its_url(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError) as info:
         server.start(timeout=30)
     assert f"cannot reach the NATS server at {url}" in str(info.value)
+
+
+def test_each_node_s_plugin_host_sees_every_event_of_the_bus_once(
+    nats: NatsServer, tmp_path: Path
+) -> None:
+    from comfyvn.core.plugin_template import render_plugin_template
+
+    from .support import wait_for
+
+    namespace = f"p{secrets.token_hex(4)}"
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "watcher.py").write_text(render_plugin_template("watcher"), encoding="utf-8")
+    with_plugin = ServerProcess(
+        tmp_path / "p",
+        extra_args=[*bus_args(nats, namespace), "--dev", "--plugin-root", str(plugins)],
+    )
+    emitter = ServerProcess(tmp_path / "e", extra_args=bus_args(nats, namespace))
+    with_plugin.start()
+    try:
+        emitter.start()
+        try:
+            acks = [emit_scene(emitter, f"elsewhere-{i}") for i in range(3)]
+            out = tmp_path / "p" / "watcher.jsonl"
+            wait_for(lambda: out.exists() and len(out.read_text().splitlines()) >= 3)
+            emit_scene(with_plugin, "here")
+            wait_for(lambda: len(out.read_text().splitlines()) >= 4)
+        finally:
+            emitter.stop()
+    finally:
+        with_plugin.stop()
+    nodes = [json.loads(line)["node"] for line in out.read_text().splitlines()]
+    assert nodes == [f"elsewhere-{i}" for i in range(3)] + ["here"]
+    assert len(acks) == 3
