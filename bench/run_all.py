@@ -99,6 +99,9 @@ def machine() -> dict[str, Any]:
     }
 
 
+# bench/bench_cluster.py's process groups, as its ``cores`` figures name them.
+CLUSTER_GROUPS = ("server", "nats", "clients", "producer", "others")
+
 # The figures the work order asks for, in one table at the top: (what, benchmark, figure key).
 HEADLINES = [
     ("emit() p50 / p99, durable log, 0 subscribers (µs)", "bench_hooks",
@@ -128,6 +131,18 @@ HEADLINES = [
      ("providers.50.wall_s_median",)),
     ("Studio: longest GUI stall while 50 providers refresh (ms)", "bench_gui",
      ("panel.gui_longest_stall_ms",)),
+    ("Shared bus, 120 WebSocket clients, max rate: frames/s, 1 / 2 workers", "bench_cluster",
+     ("max_rate[workers=1].frames_per_s", "max_rate[workers=2].frames_per_s")),
+    ("Shared bus, max rate, 1 worker: cores used by server / nats-server / clients / "
+     "producer / others", "bench_cluster",
+     tuple(f"max_rate[workers=1].cores.{k}" for k in CLUSTER_GROUPS)),
+    ("Shared bus, max rate, 2 workers: cores used by server / nats-server / clients / "
+     "producer / others", "bench_cluster",
+     tuple(f"max_rate[workers=2].cores.{k}" for k in CLUSTER_GROUPS)),
+    ("Emit to WebSocket receive p50 / p99, JetStream bus, 1 worker (ms)", "bench_cluster",
+     ("bus_latency_p50.ours", "bus_latency_p99.ours")),
+    ("Emit to WebSocket receive p50 / p99, embedded bus (ms)", "bench_cluster",
+     ("bus_latency_p50.ref", "bus_latency_p99.ref")),
 ]  # fmt: skip
 
 
@@ -140,22 +155,26 @@ def _num(value: Any) -> str:
 
 
 def _ratio_rows(report: dict[str, Any]) -> list[str]:
-    """One row per ``<figure>.ratio`` that has a ``<figure>.target`` (bench/bench_ratios.py)."""
+    """One row per ``<figure>.ratio`` that has a ``<figure>.target`` or a ``<figure>.label``
+    (bench/bench_ratios.py, bench/bench_cluster.py); a ratio without a target shows "—"."""
     rows = []
     for figures in report["benchmarks"].values():
         for key, ratio in figures.items():
             base = key.removesuffix(".ratio")
             target = figures.get(f"{base}.target")
-            if not key.endswith(".ratio") or not isinstance(target, str):
+            if not isinstance(target, str):
+                target = None
+            if not key.endswith(".ratio") or (target is None and f"{base}.label" not in figures):
                 continue
             unit = figures.get(f"{base}.unit", "")
-            ok = target_met(ratio, target)
+            ok = target_met(ratio, target) if target is not None else None
             verdict = "n/a" if ok is None else ("yes" if ok else "**no**")
+            shown = target.replace(">=", "≥").replace("<=", "≤") if target is not None else "—"
             rows.append(
                 f"| {figures.get(f'{base}.label', base)} "
                 f"| {_num(figures.get(f'{base}.ours'))} {unit} "
                 f"| {_num(figures.get(f'{base}.ref'))} {unit} "
-                f"| {_num(ratio)} | {target.replace('>=', '≥').replace('<=', '≤')} | {verdict} |"
+                f"| {_num(ratio)} | {shown} | {verdict} |"
             )
     return rows
 
@@ -190,8 +209,11 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         "The WebSocket fan-out rate is set by its emitter (8 concurrent `POST",
         "/api/modder/hooks/test` calls, each answered after its commit), not by the fan-out;",
-        "in-process `emit()` costs about a microsecond. The sections below list every figure",
-        "each benchmark printed.",
+        "in-process `emit()` costs about a microsecond. On the shared bus the emitter is the",
+        "same closed loop, but the server and the clients share the 2 CPUs: the cores rows say",
+        "who used them, and `max_rate[...].limited_by` in the bench_cluster section says what",
+        "held each configuration back. The sections below list every figure each benchmark",
+        "printed.",
         "",
     ]
     for name, figures in report["benchmarks"].items():
@@ -238,7 +260,23 @@ def _ratio_section(report: dict[str, Any]) -> list[str]:
         "  `emit_p999.ratio_vs_unbounded_deque` below.",
         "- Durable throughput: the bus as the server builds it (retention 100k events prunes",
         "  during the run); `durable_throughput.ratio_retention_off` is the insert path alone.",
+        *_cluster_notes(report),
         "",
+    ]
+
+
+def _cluster_notes(report: dict[str, Any]) -> list[str]:
+    figures = report["benchmarks"].get("bench_cluster")
+    if not figures:
+        return []
+    return [
+        "- Shared bus (`bench/bench_cluster.py`, "
+        f"{figures.get('rounds', '?')} rounds each per run): the CPU figure's `ours` is",
+        "  `serve --bus --workers 2` and its `reference` `serve --bus` with 1 worker (server",
+        "  CPU of every server process, the supervisor included, per delivered frame, both at",
+        "  the same paced rate with the subscribers split evenly over the workers); the",
+        "  latency figures' `ours` is the JetStream bus (1 worker) and `reference` the",
+        "  embedded one; no target: they show what the hop through nats-server adds.",
     ]
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -262,6 +263,47 @@ def test_a_full_buffer_refuses_emits_with_a_503(nats: NatsServer, tmp_path: Path
         wait_for(lambda: httpx.get(f"{a.url}/health").json()["ok"] is True, timeout=30)
         wait_for(lambda: len(full_history(a)) == 3, timeout=30)
         assert [e["data"]["node"] for e in full_history(a)] == ["x0", "x1", "x2"]
+        assert "Traceback" not in a.log_text()
+    finally:
+        a.stop()
+
+
+def test_a_call_waiting_for_its_ack_answers_when_nats_goes_away(
+    nats: NatsServer, tmp_path: Path
+) -> None:
+    namespace = f"w{secrets.token_hex(4)}"
+    a = ServerProcess(
+        tmp_path / "a",
+        extra_args=["--bus", nats.url, "--bus-namespace", namespace],
+        env={"COMFYVN_COMMIT_TIMEOUT": "120"},
+    ).start()
+    try:
+        assert nats.proc is not None
+        nats.proc.send_signal(signal.SIGSTOP)  # the publish goes out, its ack never comes
+        answer: list[httpx.Response] = []
+
+        def post() -> None:
+            with a.client() as client:
+                answer.append(
+                    client.post(
+                        "/api/modder/hooks/test",
+                        json={"event": "on_scene_enter", "payload": scene_enter_payload("w")},
+                    )
+                )
+
+        caller = threading.Thread(target=post)
+        started = time.monotonic()
+        caller.start()
+        time.sleep(0.5)
+        nats.kill()  # now the connection drops
+        caller.join(60)
+        waited = time.monotonic() - started
+        assert answer and answer[0].status_code == 503
+        assert "buffered" in answer[0].json()["detail"]
+        assert waited < 12.0  # at the disconnect, not the 120 s commit timeout
+        nats.start()
+        wait_for(lambda: httpx.get(f"{a.url}/health").json()["ok"] is True, timeout=30)
+        wait_for(lambda: len(full_history(a)) == 1, timeout=30)
         assert "Traceback" not in a.log_text()
     finally:
         a.stop()

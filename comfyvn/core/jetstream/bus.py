@@ -85,6 +85,7 @@ class JetStreamBus(HookBus):
     # -- start -------------------------------------------------------------------------------
     def _start_writer(self) -> None:
         link = self.link
+        link.on_disconnect.append(self._fail_ack_waiters)
         link.run(self._start_consumer(), timeout=10.0)
         self._tasks = [
             link.submit(self._publish_loop()),
@@ -162,7 +163,7 @@ class JetStreamBus(HookBus):
         try:
             async with asyncio.timeout(timeout):
                 return await fut
-        except TimeoutError:
+        except TimeoutError:  # CommitTimeout too: NATS went away while this call waited
             raise CommitTimeout(self._buffered_message(emitted)) from None
         finally:
             with self._ack_lock:
@@ -178,6 +179,16 @@ class JetStreamBus(HookBus):
             f"{emitted.event} {emitted.id} is not yet stored on the bus: {why}; it is buffered "
             "in this server and published (once) when NATS acknowledges it"
         )
+
+    def _fail_ack_waiters(self) -> None:
+        """NATS went away: API calls waiting for an ack answer now (a 503 naming it) instead
+        of at the commit timeout; their events stay queued and are published when it is back."""
+        with self._ack_lock:
+            waiting, self._ack_waiters = self._ack_waiters, {}
+        for waiters in waiting.values():
+            for loop, fut in waiters:
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(_fail, fut, CommitTimeout("disconnected"))
 
     def _record_acks(self, acks: list[tuple[int, int]]) -> None:
         ready: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[int], int]] = []
@@ -364,6 +375,11 @@ class JetStreamBus(HookBus):
         with self._listeners_lock:
             self._listeners.clear()
         self.link.close()
+
+
+def _fail(fut: asyncio.Future[int], error: BaseException) -> None:
+    if not fut.done():
+        fut.set_exception(error)
 
 
 def _resolve(fut: asyncio.Future[int], seq: int) -> None:
