@@ -91,13 +91,16 @@ DEMO_ASSETS: list[tuple[str, str, dict, int, int, Callable[[int, int], Pixel]]] 
 def load_demo(registry: AssetRegistry) -> int:
     """Register the demo assets that are not there yet; returns how many were added.
 
-    Already-registered ones are left alone, so restarting ``make run`` adds no events.
+    Already-registered ones are left alone, so restarting ``make run`` adds no events. The
+    check and the registration are one step under the registry's lock, so N workers starting
+    together with ``--demo`` on one data dir add each asset once, with one set of events.
     """
     added = 0
     for name, asset_type, meta, width, height, painter in DEMO_ASSETS:
         data = encode_png(width, height, painter)
         uid = hashlib.sha256(data).hexdigest()[:UID_LENGTH]
-        if registry.find(uid) is None:
-            registry.register_bytes(data, asset_type, {**meta, "source": "demo"}, filename=name)
-            added += 1
+        with registry.lock:
+            if registry.find(uid) is None:
+                registry.register_bytes(data, asset_type, {**meta, "source": "demo"}, filename=name)
+                added += 1
     return added

@@ -3,6 +3,11 @@
 Every file the registry creates is written to a temporary name in the same folder (or in the
 root's staging folder, same filesystem) and moved into place with ``os.replace``, so a crash
 leaves either the old file or the new one, never a half-written one.
+
+Several processes may share the staging folder (``serve --workers N``). A staging file is
+``flock``-ed by its writer from before its first byte until it is moved into place or deleted,
+so a process starting up removes only the files whose writer is gone (the kernel drops the lock
+of a dead process), never another live process's upload.
 """
 
 from __future__ import annotations
@@ -14,11 +19,15 @@ import logging
 import os
 import secrets
 import shutil
+import stat
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
+
+from comfyvn.core.file_lock import HAVE_FLOCK, lock_fd, unlock_fd
 
 from .errors import AssetEmpty, AssetPathError, AssetTooLarge
 
@@ -36,6 +45,9 @@ log = logging.getLogger("comfyvn.assets")
 
 FILE_MODE = 0o600  # assets are private to the server user, like the rest of the data dir
 CHUNK = 1024 * 1024
+# An unlocked *empty* staging file may be one whose writer has created it and not yet locked it
+# (microseconds); it is removed only once it is older than this.
+UNLOCKED_EMPTY_GRACE_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,10 +58,15 @@ class StagedFile:
     sha256: str
     size: int
     head: bytes  # the first bytes, to pick an extension for nameless content
+    # The writer's open file, whose flock marks the staged file as alive for other processes.
+    holder: BinaryIO | None = field(default=None, repr=False, compare=False)
 
     def discard(self) -> None:
+        """Delete the staged file (a no-op once :func:`install` moved it), then drop its lock."""
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
+        if self.holder is not None:
+            self.holder.close()
 
 
 def _too_large(limit: int) -> AssetTooLarge:
@@ -67,7 +84,13 @@ class StagingWriter:
         self._head = b""
         fd, name = tempfile.mkstemp(dir=staging_dir, prefix="stage-", suffix=".part")
         self.path = Path(name)
-        self._fh: BinaryIO | None = os.fdopen(fd, "wb")
+        try:
+            lock_fd(fd)  # before the first byte: see clear_staging
+            self._fh: BinaryIO | None = os.fdopen(fd, "wb")
+        except BaseException:
+            os.close(fd)
+            self.path.unlink(missing_ok=True)
+            raise
 
     def write(self, data: bytes) -> None:
         if self._fh is None:
@@ -82,7 +105,8 @@ class StagingWriter:
         self._fh.write(data)
 
     def finish(self) -> StagedFile:
-        """Close the temp file; empty content is refused and leaves nothing behind."""
+        """Flush the temp file; empty content is refused and leaves nothing behind. The file
+        stays open (and locked) in the :class:`StagedFile` until it is installed or discarded."""
         if self._fh is None:
             raise RuntimeError("staging writer is closed")
         fh, self._fh = self._fh, None
@@ -90,18 +114,20 @@ class StagingWriter:
             fh.flush()
             if self.fsync:
                 os.fsync(fh.fileno())
-        finally:
-            fh.close()
-        if self.size == 0:
+            if self.size == 0:
+                raise AssetEmpty("file is empty; an asset needs at least one byte")
+        except BaseException:
             self.path.unlink(missing_ok=True)
-            raise AssetEmpty("file is empty; an asset needs at least one byte")
-        return StagedFile(self.path, self._hash.hexdigest(), self.size, self._head)
+            fh.close()
+            raise
+        return StagedFile(self.path, self._hash.hexdigest(), self.size, self._head, holder=fh)
 
     def discard(self) -> None:
+        """Delete the file first, then close it: its lock is never free while it exists."""
+        self.path.unlink(missing_ok=True)
         if self._fh is not None:
             fh, self._fh = self._fh, None
             fh.close()
-        self.path.unlink(missing_ok=True)
 
 
 def stage_stream(src: BinaryIO, staging_dir: Path, max_bytes: int, *, fsync: bool) -> StagedFile:
@@ -196,14 +222,45 @@ def removing(paths: Iterable[Path]) -> Iterator[None]:
 
 
 def clear_staging(staging_dir: Path) -> int:
-    """Remove leftovers of uploads interrupted by a crash; returns how many were removed."""
+    """Remove leftovers of uploads interrupted by a crash; returns how many were removed.
+
+    Other processes may be writing into the same folder: a file whose lock is held belongs to
+    a live writer and stays. A writer locks its file before writing to it, so an unlocked file
+    with content is a dead writer's; an unlocked empty one is left alone while it is young (its
+    writer may be about to lock it)."""
     removed = 0
     if staging_dir.is_dir():
         for entry in staging_dir.iterdir():
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry, ignore_errors=True)
-            else:
-                entry.unlink(missing_ok=True)
-            removed += 1
+            try:
+                removed += _remove_if_dead(entry)
+            except FileNotFoundError:  # another process removed it first
+                pass
+            except OSError as exc:  # left for a later start-up; not a reason to refuse this one
+                log.warning("could not check %s: %s", entry, exc.strerror or exc)
     staging_dir.mkdir(parents=True, exist_ok=True)
     return removed
+
+
+def _remove_if_dead(entry: Path) -> bool:
+    info = entry.lstat()
+    if stat.S_ISDIR(info.st_mode):  # nothing makes folders here: not a live upload
+        shutil.rmtree(entry, ignore_errors=True)
+        return True
+    if not stat.S_ISREG(info.st_mode) or not HAVE_FLOCK:
+        entry.unlink()
+        return True
+    fd = os.open(entry, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        if not lock_fd(fd, blocking=False):
+            return False  # a live writer's
+        held = os.fstat(fd)
+        if held.st_size == 0 and time.time() - held.st_mtime < UNLOCKED_EMPTY_GRACE_S:
+            return False
+        if os.stat(entry, follow_symlinks=False).st_ino != held.st_ino:
+            return False  # replaced meanwhile: not the file we judged
+        entry.unlink()  # while still locked, so no writer can be using it
+        return True
+    finally:
+        with contextlib.suppress(OSError):
+            unlock_fd(fd)
+        os.close(fd)

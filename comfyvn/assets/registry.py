@@ -5,6 +5,11 @@ Order of work for a new asset: stage and hash the content, move the file into it
 (atomic), write the sidecar (atomic), commit the row, then emit ``on_asset_sidecar_written``,
 ``on_asset_saved`` and ``on_asset_registered``. A crash at any point leaves at worst an
 unindexed file that the next registration of the same content adopts.
+
+Several processes may share one data dir (``serve --workers N``): every read-modify-write (a
+registration, a meta update, a removal) runs under :attr:`AssetRegistry.lock`, a thread lock
+plus an ``flock`` on ``<data-dir>/assets.lock``, so the check for an existing row, the file and
+sidecar writes and the commit are one step for all threads and processes. Reads take no lock.
 """
 
 from __future__ import annotations
@@ -13,13 +18,13 @@ import contextlib
 import io
 import json
 import logging
-import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from comfyvn.core import modder_hooks
+from comfyvn.core.file_lock import FileLock
 from comfyvn.core.hook_bus import Emitted, HookBus
 from comfyvn.core.json_input import JsonInputError, check_json_value
 
@@ -59,6 +64,7 @@ __all__ = ["UID_LENGTH", "AssetPage", "AssetRegistry", "Change", "merge_patch", 
 log = logging.getLogger("comfyvn.assets")
 
 UID_LENGTH = 32  # hex digits of the SHA-256 (128 bits)
+LOCK_FILE = "assets.lock"  # next to assets.sqlite3; never deleted (see comfyvn.core.file_lock)
 MAX_PAGE = 1000
 MAX_OFFSET = 2**63 - 1  # SQLite's INTEGER range; beyond it sqlite3 raises OverflowError
 
@@ -132,7 +138,8 @@ def validate_meta(meta: Any, max_bytes: int, *, what: str = "meta") -> dict[str,
 
 
 class AssetRegistry:
-    """Thread-safe: mutations are serialized by one lock, reads run concurrently."""
+    """Safe for threads and processes: mutations are serialized by :attr:`lock` (threads of
+    this process and every process on the same data dir), reads run concurrently."""
 
     def __init__(self, config: AssetConfig, bus: HookBus | None = None) -> None:
         self.config = config
@@ -140,12 +147,14 @@ class AssetRegistry:
         # Containment checks compare real paths, so the root itself must be a real path.
         self.root = config.root.resolve()
         self._bus = bus
-        self._lock = threading.RLock()
+        config.db_path.parent.mkdir(parents=True, exist_ok=True)
+        self.lock = FileLock(config.db_path.with_name(LOCK_FILE))
         self.staging = self.root / STAGING_DIR
-        leftovers = clear_staging(self.staging)
+        leftovers = clear_staging(self.staging)  # only dead writers' files: see clear_staging
         if leftovers:
             log.info("removed %d interrupted upload(s) from %s", leftovers, self.staging)
-        self._store = AssetStore(config.db_path)
+        with self.lock:  # the schema and WAL mode are set by one process at a time
+            self._store = AssetStore(config.db_path)
         self._closed = False
 
     @classmethod
@@ -221,7 +230,7 @@ class AssetRegistry:
     def _register(self, content: _Content, asset_type: str, meta: dict[str, Any]) -> Change:
         uid = content.sha256[:UID_LENGTH]
         try:
-            with self._lock:
+            with self.lock:
                 self._ensure_open()
                 existing = self._store.get(uid)
                 if existing is not None:
@@ -359,7 +368,7 @@ class AssetRegistry:
         """Apply a JSON Merge Patch to the meta, rewrite the sidecar, emit
         ``on_asset_sidecar_written`` then ``on_asset_meta_updated``. An empty patch is a no-op."""
         changes = validate_meta(patch, self.config.max_meta_bytes, what="meta patch")
-        with self._lock:
+        with self.lock:
             self._ensure_open()
             existing = self.get(uid)
             if not changes:
@@ -392,7 +401,7 @@ class AssetRegistry:
     def remove(self, uid: str, delete_files: bool = False) -> Change:
         """Drop the row; with ``delete_files`` also the file and its sidecar. Emits
         ``on_asset_removed``."""
-        with self._lock:
+        with self.lock:
             self._ensure_open()
             record = self.get(uid)
             doomed: list[Path] = []
@@ -453,7 +462,7 @@ class AssetRegistry:
             raise RuntimeError("the asset registry is closed")
 
     def close(self) -> None:
-        with self._lock:
+        with self.lock:
             if not self._closed:
                 self._closed = True
                 self._store.close()

@@ -1,7 +1,10 @@
 """The registry's SQLite table (its own WAL file, apart from the event log).
 
-One writer connection serialized by the registry's lock; each reading thread gets its own
-connection, so listing never waits for a registration in progress.
+One writer connection serialized by the registry's lock (which also excludes the other
+processes on the same data dir, so a check made before a write still holds at the write); each
+reading thread gets its own connection, so listing never waits for a registration in progress.
+Writes are ``BEGIN IMMEDIATE`` transactions: SQLite's own write lock, waited for up to the busy
+timeout, against any writer that does not take the registry's lock.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ Precedence: explicit argument, then ``COMFYVN_*`` environment variable, then def
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .env import EnvError, env_flag, env_list, env_lists, env_names, env_number
+from .file_lock import lock_fd
 
 __all__ = [
     "DataDirError",
@@ -153,7 +155,8 @@ def prepare_data_dir(path: Path) -> None:
     if not path.is_dir():
         raise DataDirError(f"data dir {path} exists but is not a directory")
     make_private(path)
-    probe = path / ".write-probe"
+    # A name of its own: the workers of ``serve --workers N`` prepare the same dir at once.
+    probe = path / f".write-probe.{os.getpid()}.{secrets.token_hex(4)}"
     try:
         probe.write_bytes(b"ok")
         probe.unlink()
@@ -162,16 +165,21 @@ def prepare_data_dir(path: Path) -> None:
 
 
 def make_private(path: Path) -> None:
-    """Directories 0700, files 0600, under ``path``; only walks when ``path`` itself is loose."""
+    """Directories 0700, files 0600, under ``path``; only walks when ``path`` itself is loose.
+
+    Other processes may be using the data dir meanwhile (workers starting together): a file
+    that vanishes during the walk (a temp file renamed or deleted) is skipped, not an error."""
     try:
         if path.stat().st_mode & 0o077 == 0:
             return
         for folder, _dirs, files in os.walk(path):
-            os.chmod(folder, 0o700)
+            with contextlib.suppress(FileNotFoundError):
+                os.chmod(folder, 0o700)
             for name in files:
                 file = os.path.join(folder, name)
-                if not os.path.islink(file):
-                    os.chmod(file, os.stat(file).st_mode & 0o700)
+                with contextlib.suppress(FileNotFoundError):
+                    if not os.path.islink(file):
+                        os.chmod(file, os.stat(file).st_mode & 0o700)
     except OSError as exc:
         raise DataDirError(f"cannot make data dir {path} private: {exc.strerror or exc}") from None
     log.info("data dir %s was readable by others; made it 0700 (files 0600)", path)
@@ -192,9 +200,12 @@ MIN_TOKEN_LENGTH = 16
 def ensure_token(settings: Settings) -> str:
     """The API token: ``COMFYVN_API_TOKEN`` if set, else ``<data-dir>/api_token`` (0600).
 
-    The file appears complete or not at all (written to a temp file, fsync'd, then linked into
-    place, which fails if another process got there first), so a crash or a concurrent reader
-    never sees an empty token; an empty file left by an older version is replaced.
+    The file appears complete or not at all: written to a temp file of this call's own,
+    fsync'd, then hard-linked into place, which (like ``O_EXCL``) fails if another process got
+    there first; then that process's token is used. So N processes asking at once (the workers
+    of ``serve --workers N``) all get the one token in the file, and a crash or a concurrent
+    reader never sees an empty token. An empty file left by an older version is replaced once,
+    under an ``flock`` on it, and re-read first by every process that waited for that lock.
     """
     if settings.token:
         return settings.token
@@ -210,24 +221,54 @@ def ensure_token(settings: Settings) -> str:
             path.chmod(0o600)
             log.warning("%s was readable by other users; set it to 0600", path)
         return existing
-    token = secrets.token_urlsafe(32)
-    while token.startswith("-"):  # `--token -abc` reads as an option in many CLIs
-        token = secrets.token_urlsafe(32)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    token = _new_token()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(token + "\n")
             fh.flush()
             os.fsync(fh.fileno())
-        if path.exists():  # empty: damaged by a crash mid-write in an older version
-            os.replace(tmp, path)
-            return token
         try:
             os.link(tmp, path)
-        except FileExistsError:  # another process won the race: use its token
-            return read_token(settings.data_dir) or token
+        except FileExistsError:  # another process's token, or an empty file of an older version
+            return _adopt_or_repair(path, tmp, token)
         return token
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _new_token() -> str:
+    token = secrets.token_urlsafe(32)
+    while token.startswith("-"):  # `--token -abc` reads as an option in many CLIs
+        token = secrets.token_urlsafe(32)
+    return token
+
+
+def _adopt_or_repair(path: Path, tmp: Path, token: str) -> str:
+    """``path`` exists: its token, or (when it is empty) ours put in its place by exactly one
+    of the processes that find it empty (an ``flock`` on the empty file orders them)."""
+    for _ in range(100):  # each turn ends in a return unless the file is swapped meanwhile
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:  # removed meanwhile: try to be the one that creates it
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, path)
+            continue
+        try:
+            lock_fd(fd)
+            try:
+                current = os.stat(path)
+            except FileNotFoundError:
+                continue
+            if current.st_ino != os.fstat(fd).st_ino:
+                continue  # replaced while we waited: read the new one
+            value = os.read(fd, 4096).decode("utf-8", "replace").strip()
+            if value:
+                return value
+            os.replace(tmp, path)  # still the empty file, and we hold its lock: ours wins
+            return token
+        finally:
+            os.close(fd)
+    raise EnvError(f"{path} keeps changing; cannot settle on an API token")
