@@ -43,9 +43,13 @@ async def start_providers(services: Any, stack: AsyncExitStack) -> Providers:
     data_dir = services.settings.data_dir
     registry = ProviderRegistry(data_dir, policy=services.outbound)
     await asyncio.to_thread(registry.load)
-    if services.settings.demo and not registry.exists:
-        # Only a data dir that never had a registry gets the demo; a user's is never touched.
-        await asyncio.to_thread(registry.seed, DEMO_PROVIDERS)
+    # Only a data dir that never had a registry gets the demo; a user's is never touched. seed()
+    # decides again under the lock: workers starting at once on one data dir add it once.
+    if (
+        services.settings.demo
+        and not registry.exists
+        and await asyncio.to_thread(registry.seed, DEMO_PROVIDERS)
+    ):
         log.info("demo providers added: %s", ", ".join(p["id"] for p in DEMO_PROVIDERS))
     health = HealthService(registry, settings, data_dir)
     await health.start()

@@ -1,15 +1,22 @@
 """Concurrent health checks: every provider at once, each bounded by a timeout, so a run costs
 about the slowest provider rather than the sum. Keeps the last result per provider and a short
 history for the panel's sparkline, persisted (cheaply) in ``provider_status.json``.
+
+Several server processes may share one data dir (``serve --workers N``): each one merges its
+results into the file under the registry's cross-process lock (newest last result per provider,
+histories joined) and merges in what the others wrote when the file changed, so every worker
+shows every worker's checks and none overwrites another's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 import traceback
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +29,7 @@ from comfyvn.net import GuardedTransport, RefusedAddress
 from .adapters import adapter_class
 from .adapters.base import Outcome, describe_exception
 from .config import ProviderSettings
-from .files import read_json, write_json_atomic
+from .files import FileVersion, parse_json, read_versioned, write_json_atomic
 from .models import CheckResult, ProviderSpec, Thresholds
 from .registry import ProviderRegistry
 from .secrets import ERROR_CHARS, REASON_CHARS, ResolvedSecrets, Scrubber, resolve_stored
@@ -50,6 +57,7 @@ class HealthService:
         self._client: httpx.AsyncClient | None = None
         self._sem: asyncio.Semaphore | None = None
         self._persist_lock = asyncio.Lock()
+        self._status_version: FileVersion | None = None  # None: never read
 
     async def start(self) -> None:
         timeout = self.settings.timeout_s
@@ -68,7 +76,7 @@ class HealthService:
             headers={"User-Agent": "comfyvn-provider-check"},
         )
         self._sem = asyncio.Semaphore(self.settings.concurrency)
-        await asyncio.to_thread(self._load)
+        self._merge_in(*await asyncio.to_thread(self._read_status))
 
     async def aclose(self) -> None:
         if self._client is not None:
@@ -80,6 +88,7 @@ class HealthService:
         """Run one check per provider concurrently; results in the order given."""
         scrubber = self.registry.scrubber()
         checks = list(await asyncio.gather(*(self._check_one(s, scrubber) for s in specs)))
+        self.registry.refresh()  # a change by another process while the checks ran counts too
         for spec, check in zip(specs, checks, strict=True):
             # A provider removed or changed while its check ran gets no stale "last result".
             if self.registry.is_current(spec):
@@ -212,8 +221,11 @@ class HealthService:
     # -- last results and history ------------------------------------------------------------
     def last(self, spec: ProviderSpec) -> CheckResult:
         """The last result, or a gray "never checked" one (disabled wins: it is gray anyway)."""
+        self.refresh()
+        previous = self._last.get(spec.id)
+        if previous is not None and _before(previous.checked_at, spec.created_at):
+            previous = None  # a result of an earlier provider with this id
         if not spec.enabled:
-            previous = self._last.get(spec.id)
             return CheckResult(
                 provider_id=spec.id,
                 provider_name=spec.name,
@@ -224,7 +236,7 @@ class HealthService:
                 reason="disabled",
                 checked_at=previous.checked_at if previous else None,
             )
-        result = self._last.get(spec.id)
+        result = previous
         if result is None:
             return CheckResult(
                 provider_id=spec.id,
@@ -239,7 +251,14 @@ class HealthService:
         return result
 
     def history(self, provider_id: str) -> list[dict[str, Any]]:
-        return list(self._history.get(provider_id, ()))
+        self.refresh()
+        spec = self.registry.known(provider_id)
+        since = spec.created_at if spec is not None else 0.0
+        return [
+            entry
+            for entry in self._history.get(provider_id, ())
+            if not _before(entry.get("checked_at"), since)
+        ]
 
     def forget(self, provider_id: str) -> None:
         self._last.pop(provider_id, None)
@@ -259,36 +278,149 @@ class HealthService:
             }
         )
 
+    def refresh(self) -> None:
+        """Merge in what other processes wrote to the status file since this one last read or
+        wrote it: one ``stat`` when nothing changed."""
+        version = self._status_version
+        if version is not None and version.current(self.status_path):
+            return
+        try:
+            status = self._read_status()
+        except OSError as exc:
+            log.warning("could not read %s: %s", self.status_path.name, exc)
+            return
+        self._merge_in(*status)
+
     async def _persist(self) -> None:
+        """Merge this process's results into the file (under the cross-process lock, with the
+        file as it is now), then merge the file's into memory."""
         async with self._persist_lock:
-            known = {spec.id for spec in self.registry.list()}
-            payload = {
-                "version": 1,
-                "last": {pid: r.to_dict() for pid, r in self._last.items() if pid in known},
-                "history": {pid: list(h) for pid, h in self._history.items() if pid in known},
-            }
+            since = {spec.id: spec.created_at for spec in self.registry.list()}
+            last = {pid: r for pid, r in self._last.items() if pid in since}
+            history = {pid: list(h) for pid, h in self._history.items() if pid in since}
             try:
-                await asyncio.to_thread(write_json_atomic, self.status_path, payload)
+                status = await asyncio.to_thread(self._write_merged, last, history, since)
             except OSError as exc:  # the results are still served from memory
                 log.warning("could not save %s: %s", self.status_path.name, exc)
+                return
+            self._merge_in(*status)
 
-    def _load(self) -> None:
+    def _write_merged(
+        self,
+        last: dict[str, CheckResult],
+        history: dict[str, list[dict[str, Any]]],
+        since: dict[str, float],
+    ) -> tuple[dict[str, CheckResult], dict[str, list[dict[str, Any]]], FileVersion | None]:
+        """In a thread: lock, read the file, merge ``last`` and ``history`` into it (providers
+        in ``since`` only, no result from before the provider was created), write, unlock."""
+        with self.registry.file_lock:
+            file_last, file_history, _ = self._read_status()
+            merged_last: dict[str, CheckResult] = {}
+            for pid, result in (*file_last.items(), *last.items()):
+                if (
+                    pid in since
+                    and not _before(result.checked_at, since[pid])
+                    and _newer(merged_last.get(pid), result)
+                ):
+                    merged_last[pid] = result
+            merged_history: dict[str, list[dict[str, Any]]] = {}
+            for pid in since:
+                entries = [
+                    e
+                    for e in (*file_history.get(pid, ()), *history.get(pid, ()))
+                    if not _before(e.get("checked_at"), since[pid])
+                ]
+                if entries:
+                    merged_history[pid] = _joined(entries, self.settings.history_size)
+            payload = {
+                "version": 1,
+                "last": {pid: r.to_dict() for pid, r in merged_last.items()},
+                "history": merged_history,
+            }
+            write_json_atomic(self.status_path, payload)
+            try:
+                version: FileVersion | None = FileVersion.of(self.status_path)
+            except OSError:
+                version = None
+            return merged_last, merged_history, version
+
+    def _read_status(
+        self,
+    ) -> tuple[dict[str, CheckResult], dict[str, list[dict[str, Any]]], FileVersion]:
+        """The status file as it is now; a damaged one reads as empty (named in the log once
+        per version of it)."""
+        data, version = read_versioned(self.status_path)
         try:
-            raw = read_json(self.status_path)
+            raw = parse_json(data, self.status_path)
         except ValueError as exc:
             log.warning("ignoring %s: %s", self.status_path.name, exc)
-            return
+            return {}, {}, version
         if not isinstance(raw, dict):
-            return
+            return {}, {}, version
         try:
-            for pid, data in (raw.get("last") or {}).items():
-                self._last[pid] = CheckResult.from_dict(data)
-            for pid, items in (raw.get("history") or {}).items():
-                self._history[pid] = deque(items, maxlen=self.settings.history_size)
-        except (KeyError, TypeError, AttributeError) as exc:
+            last = {
+                str(pid): CheckResult.from_dict(data)
+                for pid, data in (raw.get("last") or {}).items()
+            }
+            history = {
+                str(pid): [dict(e) for e in items if isinstance(e, dict)]
+                for pid, items in (raw.get("history") or {}).items()
+            }
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
             log.warning("ignoring damaged %s: %s", self.status_path.name, exc)
-            self._last.clear()
-            self._history.clear()
+            return {}, {}, version
+        return last, history, version
+
+    def _merge_in(
+        self,
+        last: dict[str, CheckResult],
+        history: dict[str, list[dict[str, Any]]],
+        version: FileVersion | None,
+    ) -> None:
+        """On the event loop (where results are recorded): keep the newer last result per
+        provider and join the histories; then ``version`` is what this process has seen."""
+        for pid, result in last.items():
+            if _newer(self._last.get(pid), result):
+                self._last[pid] = result
+        for pid, entries in history.items():
+            mine = self._history.get(pid, ())
+            joined = _joined((*mine, *entries), self.settings.history_size)
+            self._history[pid] = deque(joined, maxlen=self.settings.history_size)
+        previous, self._status_version = self._status_version, version
+        if previous is not None and previous is not version:
+            previous.close()
+
+
+def _before(checked_at: Any, created_at: float) -> bool:
+    """True for a result taken before its provider was created (an earlier one, same id)."""
+    return isinstance(checked_at, int | float) and checked_at < created_at
+
+
+def _newer(current: CheckResult | None, other: CheckResult) -> bool:
+    if current is None:
+        return True
+    return _time(other.checked_at) > _time(current.checked_at)
+
+
+def _joined(entries: Iterable[dict[str, Any]], size: int) -> list[dict[str, Any]]:
+    """History entries without repeats (the same check seen by two processes), oldest first,
+    the newest ``size`` of them."""
+    unique: dict[Any, dict[str, Any]] = {}
+    for entry in entries:
+        key = tuple(entry.get(name) for name in _HISTORY_FIELDS)
+        try:
+            unique.setdefault(key, entry)
+        except TypeError:  # a hand-edited value that cannot be hashed
+            unique.setdefault(json.dumps(entry, sort_keys=True, default=str), entry)
+    ordered = sorted(unique.values(), key=lambda e: _time(e.get("checked_at")))
+    return ordered[-size:]
+
+
+_HISTORY_FIELDS = ("checked_at", "status", "latency_ms", "reason_code")
+
+
+def _time(value: Any) -> float:
+    return float(value) if isinstance(value, int | float) else 0.0
 
 
 def _refused(exc: RefusedAddress) -> Outcome:

@@ -2,6 +2,13 @@
 
 Every change is written to disk first and adopted in memory only once the write succeeded, so
 a failed write leaves both the files and the running registry as they were.
+
+Several server processes may share one data dir (``serve --workers N``, DESIGN.md 12). Every
+change takes a cross-process lock (``.providers.lock``), reads both files again, applies itself
+to what it read, writes atomically and lets go: two processes never lose each other's change.
+Reads take no lock: each read checks the files (one stat each) and reads them again when
+another process replaced one, so a provider added through one worker is listed by every worker
+at once.
 """
 
 from __future__ import annotations
@@ -10,16 +17,19 @@ import asyncio
 import logging
 import os
 import shutil
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
 from comfyvn.core.errors import RefusedError
+from comfyvn.core.file_lock import FileLock
 from comfyvn.net import AddressPolicy, RefusedAddress
 
-from .files import read_json, write_json_atomic
+from .files import FileVersion, parse_json, read_versioned, write_json_atomic
 from .models import (
     QUOTA_KINDS,
     RESERVED_IDS,
@@ -46,6 +56,14 @@ log = logging.getLogger("comfyvn.providers")
 
 CONFIG_FILE = "providers.json"
 SECRETS_FILE = "provider_secrets.json"
+LOCK_FILE = ".providers.lock"  # held while any process changes the files above (or the status)
+
+# What a change computes from the registry it read under the lock: the new set of providers,
+# the provider it is about, that provider's secret values (None removes them) and the result.
+_Change = Callable[
+    [dict[str, ProviderSpec]],
+    tuple[dict[str, ProviderSpec], str, dict[str, str] | None, Any],
+]
 
 
 class RegistryError(RefusedError):
@@ -68,6 +86,10 @@ class Unavailable(RegistryError):
     status = 503
 
 
+class _NeedsRepair(Exception):
+    """A file read without the lock is damaged: set it aside under the lock instead."""
+
+
 def errors_of(exc: ValidationError, prefix: tuple[str | int, ...] = ("body",)) -> list[dict]:
     """Validation errors without the offending input (it may be a secret)."""
     return [
@@ -82,22 +104,90 @@ class ProviderRegistry:
         self.policy = policy or AddressPolicy()
         self.config_path = data_dir / CONFIG_FILE
         self.secrets = SecretStore(data_dir / SECRETS_FILE)
+        # Across processes and threads: held by every change of the providers' files.
+        self.file_lock = FileLock(data_dir / LOCK_FILE)
         self._providers: dict[str, ProviderSpec] = {}
-        self._lock = asyncio.Lock()
+        self._config_version: FileVersion | None = None  # None: never read
+        self._lock = asyncio.Lock()  # one change of this process at a time, without a thread each
+        # Held while this process replaces what it holds in memory: a read that finds it taken
+        # serves what it has (the change in progress leaves memory current) instead of waiting.
+        self._memory = threading.Lock()
 
     # -- loading -----------------------------------------------------------------------------
     def load(self) -> None:
         """Read both files. A damaged file is set aside (never overwritten) and named in the log."""
-        self._providers = {}
+        with self.file_lock, self._memory:
+            self._read(repair=True)
+
+    def refresh(self) -> None:
+        """Adopt what other processes wrote since this one last read: one ``stat`` per file
+        when nothing changed. Never waits for a change in progress in this process."""
+        if not self._stale():
+            return
+        if not self._memory.acquire(blocking=False):
+            return
         try:
-            raw = read_json(self.config_path)
+            if not self._stale():
+                return
+            try:
+                self._read(repair=False)
+                return
+            except _NeedsRepair:
+                pass  # below, under the lock, without holding _memory (lock order)
+            except OSError as exc:
+                log.warning("could not read the provider registry again: %s", exc)
+                return
+        finally:
+            self._memory.release()
+        try:
+            self.load()
+        except OSError as exc:  # e.g. no lock file in a data dir gone read-only
+            log.warning("could not read the provider registry again: %s", exc)
+
+    def _stale(self) -> bool:
+        version = self._config_version
+        return version is None or not version.current(self.config_path) or self.secrets.changed()
+
+    def _read(self, *, repair: bool) -> None:
+        """Both files into memory, config first: a provider's secrets are written before it is
+        added and removed after it is, so a provider read is never without its secrets.
+        ``repair``: the caller holds the lock, damage is set aside; otherwise it raises
+        :class:`_NeedsRepair`."""
+        data, version = read_versioned(self.config_path)
+        try:
+            providers, version = self._parse_config(data, version, repair)
+            try:
+                self.secrets.load()
+            except ValueError as exc:
+                if not repair:
+                    raise _NeedsRepair from None
+                self._set_aside(self.secrets.path, str(exc))
+                self.secrets.load()
+        except BaseException:
+            version.close()
+            raise
+        self.secrets.retain(providers)
+        self._adopt(providers, version)
+
+    def _parse_config(
+        self, data: bytes | None, version: FileVersion, repair: bool
+    ) -> tuple[dict[str, ProviderSpec], FileVersion]:
+        try:
+            raw = parse_json(data, self.config_path)
         except ValueError as exc:
+            if not repair:
+                raise _NeedsRepair from None
             self._set_aside(self.config_path, str(exc))
-            raw = None
+            version.close()
+            raw, version = None, FileVersion()
         entries = raw.get("providers", []) if isinstance(raw, dict) else []
         if raw is not None and not isinstance(entries, list):
+            if not repair:
+                raise _NeedsRepair
             self._set_aside(self.config_path, "'providers' is not a list")
-            entries = []
+            version.close()
+            entries, version = [], FileVersion()
+        providers: dict[str, ProviderSpec] = {}
         problems: list[str] = []
         for index, entry in enumerate(entries):
             try:
@@ -106,8 +196,10 @@ class ProviderRegistry:
                 where = entry.get("id", index) if isinstance(entry, dict) else index
                 problems.append(f"entry {where!r}: {errors_of(exc, ())}")
                 continue
-            self._providers[spec.id] = spec
+            providers[spec.id] = spec
         if problems:
+            if not repair:
+                raise _NeedsRepair
             backup = self._backup(self.config_path)
             log.warning(
                 "%s: skipped %d invalid provider(s); the original is kept as %s: %s",
@@ -116,12 +208,18 @@ class ProviderRegistry:
                 backup.name,
                 "; ".join(problems),
             )
-        try:
-            self.secrets.load()
-        except ValueError as exc:
-            self._set_aside(self.secrets.path, str(exc))
-            self.secrets.load()
-        self.secrets.retain(self._providers)
+        return providers, version
+
+    def _adopt(self, providers: dict[str, ProviderSpec], version: FileVersion | None) -> None:
+        """Make ``providers`` (read or written as ``version``) the registry. An unchanged
+        provider keeps its object: :meth:`is_current` stays true for it."""
+        old = self._providers
+        self._providers = {
+            pid: old[pid] if old.get(pid) == spec else spec for pid, spec in providers.items()
+        }
+        previous, self._config_version = self._config_version, version
+        if previous is not None:
+            previous.close()
 
     def _backup(self, path: Path) -> Path:
         backup = path.with_name(f"{path.name}.bad-{int(time.time())}")
@@ -139,20 +237,28 @@ class ProviderRegistry:
         return self.config_path.exists()
 
     # -- reading -----------------------------------------------------------------------------
+    # get, list and scrubber first adopt what other processes wrote (see refresh).
     def get(self, provider_id: str) -> ProviderSpec:
+        self.refresh()
         spec = self._providers.get(provider_id)
         if spec is None:
             raise NotFound(f"no provider with id {provider_id!r}")
         return spec
 
     def list(self) -> list[ProviderSpec]:
+        self.refresh()
         return list(self._providers.values())
+
+    def known(self, provider_id: str) -> ProviderSpec | None:
+        """The provider as this process last read it (no ``stat``), or None."""
+        return self._providers.get(provider_id)
 
     def is_current(self, spec: ProviderSpec) -> bool:
         """True while ``spec`` is still the stored version (not removed, not changed since)."""
         return self._providers.get(spec.id) is spec
 
     def scrubber(self) -> Scrubber:
+        self.refresh()
         return Scrubber(self.secrets.all_values())
 
     def describe(self, spec: ProviderSpec, scrubber: Scrubber | None = None) -> dict[str, Any]:
@@ -176,12 +282,26 @@ class ProviderRegistry:
         return (scrubber or self.scrubber()).data(view)
 
     # -- changing ----------------------------------------------------------------------------
+    # Each change is checked and vetted on what this process holds, then applied again under
+    # the cross-process lock to the files as they are now (_transact): what another process
+    # changed in between is kept, and a conflict it created is refused.
     async def create(self, body: ProviderCreate) -> ProviderSpec:
         async with self._lock:
+            self.refresh()
             if body.id is not None and body.id in self._providers:
                 raise Conflict(f"a provider with id {body.id!r} already exists")
-            spec, values = await self.prepare_create(body)
-            await self._commit({**self._providers, spec.id: spec}, spec.id, values)
+            prepared, values = await self.prepare_create(body)
+
+            def change(providers: dict[str, ProviderSpec]) -> Any:
+                spec = prepared
+                if spec.id in providers:  # taken by another process meanwhile
+                    if body.id is not None:
+                        raise Conflict(f"a provider with id {body.id!r} already exists")
+                    free = self._free_id(slugify(body.name or ""), providers)
+                    spec = self._validate({**spec.model_dump(), "id": free})
+                return {**providers, spec.id: spec}, spec.id, values, spec
+
+            spec = await asyncio.to_thread(self._transact, change)
             log.info("provider %r (%s) added", spec.id, spec.kind)
             return spec
 
@@ -189,6 +309,7 @@ class ProviderRegistry:
         """The provider ``body`` would create and its secret values, validated and vetted
         exactly as :meth:`create` does, with nothing stored (``POST /api/providers/test``).
         An ``id`` already taken is not refused here; :meth:`create` does that."""
+        self.refresh()
         provider_id = body.id or self._free_id(slugify(body.name or ""))
         now = time.time()
         data = body.model_dump(exclude={"secrets"})
@@ -200,8 +321,16 @@ class ProviderRegistry:
 
     async def update(self, provider_id: str, body: ProviderUpdate) -> ProviderSpec:
         async with self._lock:
-            spec, values = await self.prepare_update(provider_id, body)
-            await self._commit({**self._providers, spec.id: spec}, spec.id, values)
+            await self.prepare_update(provider_id, body)
+
+            def change(providers: dict[str, ProviderSpec]) -> Any:
+                current = providers.get(provider_id)
+                if current is None:  # removed by another process meanwhile
+                    raise NotFound(f"no provider with id {provider_id!r}")
+                spec, values = self._updated(current, self.secrets.names(provider_id), body)
+                return {**providers, spec.id: spec}, spec.id, values, spec
+
+            spec = await asyncio.to_thread(self._transact, change)
             log.info("provider %r updated", spec.id)
             return spec
 
@@ -212,12 +341,22 @@ class ProviderRegistry:
         unless replaced or removed), validated and vetted as :meth:`update` does, with nothing
         stored (``POST /api/providers/{id}/test``)."""
         current = self.get(provider_id)
-        if body.id is not None and body.id != provider_id:
+        spec, values = self._updated(current, self.secrets.names(provider_id), body)
+        if spec.base_url != current.base_url:  # an unchanged one can still be disabled
+            await self._vet_base_url(spec)
+        return spec, values
+
+    def _updated(
+        self, current: ProviderSpec, stored: dict[str, str], body: ProviderUpdate
+    ) -> tuple[ProviderSpec, dict[str, str]]:
+        """``body`` applied to ``current`` and its ``stored`` secret values (validated, not
+        vetted)."""
+        if body.id is not None and body.id != current.id:
             raise Invalid(
                 [
                     {
                         "loc": ["body", "id"],
-                        "msg": f"id {body.id!r} does not match the URL's {provider_id!r}; "
+                        "msg": f"id {body.id!r} does not match the URL's {current.id!r}; "
                         "ids cannot be changed",
                         "type": "value_error",
                     }
@@ -235,9 +374,7 @@ class ProviderRegistry:
             data[name] = value
         data["updated_at"] = time.time()
         spec = self._validate(data)
-        if spec.base_url != current.base_url:  # an unchanged one can still be disabled
-            await self._vet_base_url(spec)
-        values = self.secrets.names(provider_id)
+        values = dict(stored)
         for name, secret in body.secrets.items():
             if isinstance(secret, str):
                 values[name] = secret
@@ -249,18 +386,32 @@ class ProviderRegistry:
     async def delete(self, provider_id: str) -> None:
         async with self._lock:
             self.get(provider_id)
-            remaining = {k: v for k, v in self._providers.items() if k != provider_id}
-            await self._commit(remaining, provider_id, None)
+
+            def change(providers: dict[str, ProviderSpec]) -> Any:
+                if provider_id not in providers:  # removed by another process meanwhile
+                    raise NotFound(f"no provider with id {provider_id!r}")
+                remaining = {k: v for k, v in providers.items() if k != provider_id}
+                return remaining, provider_id, None, None
+
+            await asyncio.to_thread(self._transact, change)
             log.info("provider %r removed", provider_id)
 
-    def seed(self, specs: list[dict[str, Any]]) -> None:
-        """Write a first registry (demo content) synchronously at start-up."""
-        providers = {}
-        for data in specs:
-            spec = self._validate({**data, "created_at": time.time(), "updated_at": time.time()})
-            providers[spec.id] = spec
-        self._write_config(providers)
-        self._providers = providers
+    def seed(self, specs: list[dict[str, Any]]) -> bool:
+        """Write a first registry (demo content) synchronously at start-up, unless one exists.
+        Decided under the cross-process lock, so N workers starting at once write it once;
+        True when this call wrote it."""
+        with self.file_lock, self._memory:
+            if self.exists:
+                self._read(repair=True)
+                return False
+            providers = {}
+            for data in specs:
+                spec = self._validate(
+                    {**data, "created_at": time.time(), "updated_at": time.time()}
+                )
+                providers[spec.id] = spec
+            self._write_config(providers)
+            return True
 
     def _validate(self, data: dict[str, Any]) -> ProviderSpec:
         try:
@@ -287,22 +438,51 @@ class ProviderRegistry:
                 ]
             ) from None
 
-    def _free_id(self, base: str) -> str:
+    def _free_id(self, base: str, providers: dict[str, ProviderSpec] | None = None) -> str:
+        taken = self._providers if providers is None else providers
         candidate, n = base, 2
-        while candidate in self._providers or candidate in RESERVED_IDS:
+        while candidate in taken or candidate in RESERVED_IDS:
             suffix = f"-{n}"
             candidate = base[: 63 - len(suffix)] + suffix
             n += 1
         return candidate
 
-    async def _commit(
+    def _transact(self, change: _Change) -> Any:
+        """In a thread: lock, read both files again, apply ``change`` to what was read, write,
+        unlock. Returns what ``change`` returned."""
+        try:
+            self.file_lock.acquire()
+        except OSError as exc:
+            raise self._unavailable(exc) from None
+        try:
+            with self._memory:
+                try:
+                    self._read(repair=True)
+                except OSError as exc:
+                    raise self._unavailable(exc) from None
+                providers, provider_id, values, result = change(dict(self._providers))
+                self._commit(providers, provider_id, values)
+                return result
+        finally:
+            self.file_lock.release()
+
+    @staticmethod
+    def _unavailable(exc: OSError) -> Unavailable:
+        log.error("could not save the provider registry: %s", exc)
+        return Unavailable(
+            f"could not save the provider registry in the data dir ({exc.strerror or exc}); "
+            "the change was not applied"
+        )
+
+    def _commit(
         self,
         providers: dict[str, ProviderSpec],
         provider_id: str,
         secret_values: dict[str, str] | None,
     ) -> None:
         """Secrets first when adding (an orphan secret is dropped on load), config first when
-        removing (a provider never points at secrets that are gone)."""
+        removing (a provider never points at secrets that are gone). Under the lock, with the
+        files just read."""
         previous = self.secrets.snapshot()
         staged = self.secrets.staged(provider_id, secret_values)
         secrets_changed = staged != previous
@@ -310,32 +490,29 @@ class ProviderRegistry:
         try:
             if provider_id in providers:
                 if secrets_changed:
-                    await asyncio.to_thread(self.secrets.commit, staged)
+                    self.secrets.commit(staged)
                     secrets_written = True
-                await asyncio.to_thread(self._write_config, providers)
+                self._write_config(providers)
             else:
-                await asyncio.to_thread(self._write_config, providers)
+                self._write_config(providers)
                 if secrets_changed:
                     try:
-                        await asyncio.to_thread(self.secrets.commit, staged)
+                        self.secrets.commit(staged)
                     except OSError as exc:  # the removal stands; the orphan goes at next load
                         log.warning(
                             "provider %r removed, its secrets not yet: %s", provider_id, exc
                         )
         except OSError as exc:
-            log.error("could not save the provider registry: %s", exc)
             if secrets_written:  # best effort: put the old secrets back
                 try:
-                    await asyncio.to_thread(self.secrets.commit, previous)
+                    self.secrets.commit(previous)
                 except OSError:
                     log.error("could not restore %s", self.secrets.path.name)
-            raise Unavailable(
-                f"could not save the provider registry in the data dir ({exc.strerror or exc}); "
-                "the change was not applied"
-            ) from None
-        self._providers = providers
+            raise self._unavailable(exc) from None
 
     def _write_config(self, providers: dict[str, ProviderSpec]) -> None:
+        """Write ``providers`` and adopt them (the caller holds the lock); a failed write
+        changes nothing."""
         payload = {
             "version": 1,
             "providers": [
@@ -345,3 +522,8 @@ class ProviderRegistry:
             ],
         }
         write_json_atomic(self.config_path, payload)
+        try:
+            version: FileVersion | None = FileVersion.of(self.config_path)
+        except OSError:
+            version = None  # read again on the next look
+        self._adopt(providers, version)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from .files import read_json, write_json_atomic
+from .files import FileVersion, parse_json, read_versioned, write_json_atomic
 from .models import ENV_REF_RE, env_ref_refusal
 
 __all__ = [
@@ -227,11 +227,16 @@ def _apply(text: str, spans: list[tuple[int, int]]) -> str:
 
 
 class SecretStore:
-    """``provider_secrets.json``: ``{"version": 1, "secrets": {provider_id: {name: value}}}``."""
+    """``provider_secrets.json``: ``{"version": 1, "secrets": {provider_id: {name: value}}}``.
+
+    The registry that owns it takes its cross-process lock around :meth:`commit`; reading needs
+    no lock (the file is only ever replaced whole) and :meth:`changed` tells, with one ``stat``,
+    whether another process replaced it since it was read."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._data: dict[str, dict[str, str]] = {}
+        self._version: FileVersion | None = None  # None: never read
 
     def load(self) -> None:
         if self.path.exists():
@@ -239,18 +244,34 @@ class SecretStore:
             if mode & 0o077:
                 os.chmod(self.path, 0o600)
                 log.warning("%s was readable by others (mode %o); set it to 0600", self.path, mode)
-        raw = read_json(self.path)
-        if raw is None:
-            self._data = {}
-            return
-        secrets = raw.get("secrets") if isinstance(raw, dict) else None
-        if not isinstance(secrets, dict):
-            raise ValueError(f"{self.path.name} has no 'secrets' object")
-        self._data = {
-            str(pid): {str(k): v for k, v in entry.items() if isinstance(v, str)}
-            for pid, entry in secrets.items()
-            if isinstance(entry, dict)
-        }
+        data, version = read_versioned(self.path)
+        try:
+            raw = parse_json(data, self.path)
+            if raw is None:
+                loaded: dict[str, dict[str, str]] = {}
+            else:
+                secrets = raw.get("secrets") if isinstance(raw, dict) else None
+                if not isinstance(secrets, dict):
+                    raise ValueError(f"{self.path.name} has no 'secrets' object")
+                loaded = {
+                    str(pid): {str(k): v for k, v in entry.items() if isinstance(v, str)}
+                    for pid, entry in secrets.items()
+                    if isinstance(entry, dict)
+                }
+        except BaseException:
+            version.close()
+            raise
+        self._data = loaded
+        self._adopt_version(version)
+
+    def changed(self) -> bool:
+        """True when the file is not (any more) the version last read or written here."""
+        return self._version is None or not self._version.current(self.path)
+
+    def _adopt_version(self, version: FileVersion | None) -> None:
+        previous, self._version = self._version, version
+        if previous is not None:
+            previous.close()
 
     def names(self, provider_id: str) -> dict[str, str]:
         """Stored values (possibly ``env:`` references) for one provider; a copy."""
@@ -282,14 +303,20 @@ class SecretStore:
         return data
 
     def commit(self, data: dict[str, dict[str, str]]) -> None:
-        """Persist ``data`` (0600, atomic), then adopt it; a failed write changes nothing."""
+        """Persist ``data`` (0600, atomic), then adopt it; a failed write changes nothing.
+        The caller holds the registry's cross-process lock (so the file written is ours)."""
         write_json_atomic(self.path, {"version": 1, "secrets": data}, mode=0o600)
         self._data = data
+        try:
+            version: FileVersion | None = FileVersion.of(self.path)
+        except OSError:
+            version = None  # read again on the next look
+        self._adopt_version(version)
 
     def retain(self, provider_ids: Iterable[str]) -> bool:
         """Forget secrets of providers that no longer exist; True when something was dropped."""
         keep = set(provider_ids)
-        dropped = [pid for pid in self._data if pid not in keep]
-        for pid in dropped:
-            del self._data[pid]
-        return bool(dropped)
+        kept = {pid: entry for pid, entry in self._data.items() if pid in keep}
+        dropped = len(kept) != len(self._data)
+        self._data = kept  # one assignment: a reader in another thread sees old or new
+        return dropped
