@@ -125,13 +125,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 async def _start_components(services: Services, stack: AsyncExitStack) -> None:
     """Start the optional parts; each registers its own shutdown on ``stack``."""
+    # First: events emitted at start-up get deliveries.
     if services.settings.bus_url:
-        services.webhooks_unavailable = (
-            "webhooks are not available on a shared bus (--bus) yet: their subscriptions and "
-            "outbox live in the data dir of a server with the embedded event log"
-        )
+        from comfyvn.webhooks.shared import start_shared_webhooks
+
+        await start_shared_webhooks(services, stack)  # subscriptions and outbox in JetStream
     else:
-        await start_webhooks(services, stack)  # first: events emitted at start-up get deliveries
+        await start_webhooks(services, stack)
     _start_plugin_host(services, stack)
     await scenario_routes.start(services, stack)
     await start_assets(services, stack)

@@ -40,6 +40,10 @@ class WebhookConfig:
     log_max_age_s: float = 7 * 24 * 3600.0
     max_subscriptions: int = 100
     response_bytes: int = 1024
+    # On a shared bus (--bus): how long a node may hold a delivery without a sign of life
+    # before another node takes it over (a node that died mid-send). Sends longer than this
+    # stay owned: the node reports progress every third of it.
+    ack_wait_s: float = 30.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> WebhookConfig:
@@ -65,6 +69,7 @@ class WebhookConfig:
             max_subscriptions=int(
                 _positive(env, "COMFYVN_WEBHOOK_MAX_SUBSCRIPTIONS", d.max_subscriptions)
             ),
+            ack_wait_s=_positive(env, "COMFYVN_WEBHOOK_ACK_WAIT", d.ack_wait_s),
         )
 
     @property

@@ -132,6 +132,10 @@ class WebhookManager:
         self.store.delete_subscription(sub_id)
 
     # -- reading -----------------------------------------------------------------------------
+    async def refresh(self) -> None:
+        """Nothing to wait for: the snapshot is reloaded after every change. (On a shared bus
+        the routes wait here until this node has seen other nodes' changes.)"""
+
     def describe_masked(self) -> list[dict[str, Any]]:
         now = time.time()
         return [s.masked(now) for s in self._subs.values()]

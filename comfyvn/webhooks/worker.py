@@ -25,11 +25,8 @@ The ``webhook-id`` header (the envelope id) lets receivers drop duplicates.
 from __future__ import annotations
 
 import asyncio
-import base64
 import concurrent.futures
 import contextlib
-import email.utils
-import functools
 import json
 import logging
 import secrets
@@ -39,15 +36,13 @@ from collections import defaultdict, deque
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-import httpx
-
-from comfyvn import __version__
 from comfyvn.core.hook_bus import CommitTimeout, HookBus
-from comfyvn.net import AddressPolicy, GuardedTransport, RefusedAddress, guarded_transport
+from comfyvn.net import AddressPolicy
 
 from .config import WebhookConfig
 from .models import Attempt, Delivery, Subscription
-from .signing import webhook_headers
+from .retry import decide
+from .sender import Sender, parse_retry_after
 from .store import Outcome, WebhookStore
 
 __all__ = ["DeliveryBusy", "DeliveryWorker", "parse_retry_after"]
@@ -59,33 +54,10 @@ PRUNE_EVERY_S = 600.0
 PREFETCH = 128  # due rows queued per endpoint ahead of its free slots; fetched when half are gone
 RECORD_EVERY_S = 0.05  # finished attempts are recorded in batches at most this often
 HOLD = ("gone", "exhausted")  # results that may disable the endpoint: no new sends till recorded
-HEADERS = {  # what httpx.AsyncClient sent, with our user agent
-    "accept": "*/*",
-    "accept-encoding": "gzip, deflate",
-    "connection": "keep-alive",
-    "content-type": "application/json",
-    "user-agent": f"ComfyVN-Webhooks/{__version__}",
-}
 
 
 class DeliveryBusy(RuntimeError):
     """The delivery is being sent right now."""
-
-
-def parse_retry_after(value: str | None, now: float) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date)."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isascii() and value.isdigit():  # str.isdigit() also admits '²', which float() refuses
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when is None:
-        return None
-    return max(0.0, when.timestamp() - now)
 
 
 class DeliveryWorker:
@@ -122,13 +94,7 @@ class DeliveryWorker:
         self._recorded_at = 0.0  # monotonic time of the last batch
         self._pruning = False
         self._tasks: set[asyncio.Task[None]] = set()
-        self._failing: set[str] = set()  # endpoints whose last attempt failed (log transitions)
-        self._transports: dict[str, GuardedTransport] = {}
-        self._timeouts = httpx.Timeout(config.timeout_s).as_dict()  # connect, read, write, pool
-        self._checked: dict[str, str] = {}  # endpoint -> the URL the policy last passed
-        self.sent = 0
-        self.delivered = 0
-        self.failed_attempts = 0
+        self.sender = Sender(config, policy)  # signing, policy, one pool per endpoint
 
     # -- lifecycle (any thread) --------------------------------------------------------------
     def start(self) -> None:
@@ -173,9 +139,9 @@ class DeliveryWorker:
     def stats(self) -> dict[str, Any]:
         return {
             "in_flight": len(self._inflight),
-            "attempts": self.sent,
-            "delivered": self.delivered,
-            "failed_attempts": self.failed_attempts,
+            "attempts": self.sender.sent,
+            "delivered": self.sender.delivered,
+            "failed_attempts": self.sender.failed_attempts,
         }
 
     # -- loop thread -------------------------------------------------------------------------
@@ -219,9 +185,7 @@ class DeliveryWorker:
             with contextlib.suppress(Exception):
                 self._record(self._results)  # what finished; cancelled ones stay pending
             self._db.shutdown()
-            for transport in self._transports.values():
-                with contextlib.suppress(Exception):
-                    await transport.aclose()
+            await self.sender.aclose()
 
     async def _rounds_forever(self) -> None:
         assert self._wake is not None
@@ -380,137 +344,20 @@ class DeliveryWorker:
             self._pruning = True
             try:
                 await asyncio.to_thread(self.store.prune, time.time() - self.cfg.log_max_age_s)
-                await self._close_stale_transports()
+                await self.sender.close_stale(self._subscriptions())
             except Exception:
                 log.exception("webhook log pruning failed")
             finally:
                 self._pruning = False
 
     # -- one attempt -------------------------------------------------------------------------
-    def _transport_for(self, sub_id: str) -> GuardedTransport:
-        """One connection pool per endpoint: small pools stay cheap to manage (httpcore scans
-        every connection per request) and one endpoint's sockets never queue another's.
-
-        Requests go straight to the guarded transport, without an ``httpx.AsyncClient`` on
-        top: a webhook needs none of its cookies, auth, redirects or URL merging, and that
-        layer cost about a fifth of the CPU of a delivery."""
-        transport = self._transports.get(sub_id)
-        if transport is None:
-            slots = self.cfg.per_endpoint + 2  # + room for a ping or redeliver
-            limits = httpx.Limits(
-                max_connections=slots, max_keepalive_connections=slots, keepalive_expiry=30.0
-            )
-            transport = self._transports[sub_id] = guarded_transport(self.policy, limits)
-        return transport
-
-    async def _close_stale_transports(self) -> None:
-        known = self._subscriptions()
-        for sub_id in [k for k in self._checked if k not in known]:
-            del self._checked[sub_id]
-        for sub_id in [k for k in self._transports if k not in known]:
-            transport = self._transports.pop(sub_id)
-            with contextlib.suppress(Exception):
-                await transport.aclose()
-
     def _decide(self, delivery: Delivery, attempt: Attempt, *, manual: bool) -> Outcome:
-        """Where the delivery goes after this attempt (the retry schedule lives here)."""
-        now = time.time()
-        schedule = self.cfg.retry_schedule
-        tries = 1 if manual else delivery.tries + 1
-        if delivery.event == "ping":  # diagnostic: never retried, never changes the endpoint
-            attempt.outcome = "delivered" if attempt.ok else "failed"
-            return Outcome(attempt, attempt.outcome, tries, None, "none")
-        if attempt.ok:
-            attempt.outcome = "delivered"
-            return Outcome(attempt, "delivered", tries, None, "success")
-        if attempt.status_code == 410:
-            attempt.outcome = "disabled"
-            return Outcome(attempt, "failed", tries, None, "gone")
-        if tries < len(schedule):
-            delay = schedule[tries]
-            if attempt.retry_after is not None:
-                delay = max(delay, min(attempt.retry_after, self.cfg.retry_after_max_s))
-            attempt.outcome = "retry"
-            return Outcome(attempt, "pending", tries, now + delay, "retry")
-        attempt.outcome = "failed"
-        # A manual redeliver that fails is not an "exhausted" delivery: the operator asked once.
-        return Outcome(attempt, "failed", tries, None, "retry" if manual else "exhausted")
+        """Where the delivery goes after this attempt (the schedule lives in :mod:`.retry`)."""
+        return decide(self.cfg, delivery.event, delivery.tries, attempt, manual=manual)
 
     async def send(self, sub: Subscription, delivery_id: int, msg_id: str, body: str) -> Attempt:
-        """One signed POST; never raises. The error text never contains the secret."""
-        transport = self._transport_for(sub.id)
-        started = time.time()
-        t0 = time.perf_counter()
-        status: int | None = None
-        error: str | None = None
-        response: str | None = None
-        retry_after: float | None = None
-        try:
-            if self._checked.get(sub.id) != sub.url:  # the policy is fixed: once per URL
-                self.policy.check_url(sub.url)
-                self._checked[sub.id] = sub.url
-            payload = body.encode()
-            signed = webhook_headers(sub.signing_keys(started), msg_id, int(time.time()), payload)
-            request = httpx.Request(
-                "POST",
-                sub.url,
-                content=payload,
-                headers={**HEADERS, **signed, **_basic_auth(sub.url)},
-                extensions={"timeout": self._timeouts},
-            )
-            async with asyncio.timeout(self.cfg.timeout_s):
-                resp = await transport.handle_async_request(request)  # never follows redirects
-                try:
-                    status = resp.status_code
-                    response = await _read_prefix(resp, self.cfg.response_bytes)
-                    retry_after = parse_retry_after(resp.headers.get("retry-after"), time.time())
-                finally:
-                    await resp.aclose()
-            if resp.is_redirect:
-                error = f"HTTP {status}: redirects are not followed"
-            elif not 200 <= status < 300:
-                error = f"HTTP {status}"
-        except RefusedAddress as exc:
-            error = f"refused: {exc}"
-        except (TimeoutError, httpx.TimeoutException):
-            error = f"no response within {self.cfg.timeout_s:g} s"
-        except httpx.HTTPError as exc:
-            error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        except Exception as exc:  # a bug must not kill the worker
-            log.exception("webhook %s: unexpected error sending delivery %s", sub.id, delivery_id)
-            error = f"internal error: {type(exc).__name__}"
-        latency_ms = round((time.perf_counter() - t0) * 1000.0, 2)
-        self.sent += 1
-        ok = status is not None and 200 <= status < 300
-        if ok:
-            self.delivered += 1
-            if sub.id in self._failing:
-                self._failing.discard(sub.id)
-                log.info("webhook %s is delivering again", sub.id)
-        else:
-            self.failed_attempts += 1
-            if sub.id not in self._failing:  # once per failing streak; the delivery log has all
-                self._failing.add(sub.id)
-                log.warning(
-                    "webhook %s: delivery %s failed (%s); retrying per schedule, see "
-                    "GET /api/modder/hooks/webhooks/%s/deliveries",
-                    sub.id,
-                    delivery_id,
-                    error,
-                    sub.id,
-                )
-            else:
-                log.debug("webhook %s delivery %s failed: %s", sub.id, delivery_id, error)
-        return Attempt(
-            delivery_id=delivery_id,
-            webhook_id=sub.id,
-            started_at=started,
-            latency_ms=latency_ms,
-            status_code=status,
-            error=error,
-            response=response,
-            retry_after=retry_after,
-        )
+        """One signed POST; never raises (:class:`.sender.Sender`)."""
+        return await self.sender.send(sub, delivery_id, msg_id, body)
 
     # -- operator actions (run on the worker loop via submit) --------------------------------
     async def ping(self, sub: Subscription) -> tuple[Delivery | None, Attempt]:
@@ -558,31 +405,8 @@ class DeliveryWorker:
             self._set_wake()
 
 
-async def _read_prefix(resp: httpx.Response, limit: int) -> str:
-    """The first ``limit`` bytes of the body; the rest is never read."""
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in resp.aiter_bytes():
-        chunks.append(chunk)
-        size += len(chunk)
-        if size >= limit:
-            break
-    return b"".join(chunks)[:limit].decode("utf-8", "replace")
-
-
 def _reason(results: list[Outcome], sub_id: str) -> str:
     for outcome in results:
         if outcome.attempt.webhook_id == sub_id and outcome.effect == "gone":
             return "the receiver answered 410 Gone"
     return "consecutive deliveries failed after every retry"
-
-
-@functools.lru_cache(maxsize=256)
-def _basic_auth(url: str) -> dict[str, str]:
-    """``Authorization: Basic`` from a URL's user-info, as an httpx client would send it (the
-    worker talks to the transport directly, so nothing else adds it)."""
-    parsed = httpx.URL(url)
-    if not parsed.username and not parsed.password:
-        return {}
-    token = base64.b64encode(f"{parsed.username}:{parsed.password}".encode()).decode("ascii")
-    return {"Authorization": f"Basic {token}"}

@@ -55,11 +55,21 @@ def _json_body(model: type[BaseModel], required: bool = True) -> dict[str, Any]:
 
 
 def _manager(request: Request) -> WebhookManager:
+    """The embedded forwarder, or on a shared bus (``--bus``) the same interface backed by
+    NATS (:class:`comfyvn.webhooks.shared.SharedWebhookManager`)."""
     services = get_services(request)
     manager = services.webhooks
     if manager is None:
         reason = services.webhooks_unavailable or "the webhook forwarder is not running"
         raise HTTPException(503, reason)
+    return manager
+
+
+async def _fresh(request: Request) -> WebhookManager:
+    """The forwarder, once it has seen every subscription change made before this request
+    (on a shared bus another node may have made it a moment ago; embedded, at once)."""
+    manager = _manager(request)
+    await manager.refresh()
     return manager
 
 
@@ -83,7 +93,8 @@ def _sent(delivery: Delivery | None, attempt: Attempt) -> dict[str, Any]:
 
 @router.get("", summary="List webhook subscriptions (secrets masked)", response_model=WebhookList)
 async def list_webhooks(request: Request) -> dict[str, Any]:
-    return {"ok": True, "items": _manager(request).describe_masked()}
+    manager = await _fresh(request)
+    return {"ok": True, "items": manager.describe_masked()}
 
 
 @router.post(
@@ -95,7 +106,7 @@ async def list_webhooks(request: Request) -> dict[str, Any]:
     openapi_extra=_json_body(WebhookCreate),
 )
 async def create_webhook(request: Request) -> dict[str, Any]:
-    manager = _manager(request)
+    manager = await _fresh(request)
     body = await _body(request, WebhookCreate)
     sub = await manager.create(body)
     return {
@@ -113,7 +124,7 @@ async def create_webhook(request: Request) -> dict[str, Any]:
     openapi_extra=_json_body(WebhookDeleteByUrl),
 )
 async def delete_by_url(request: Request) -> dict[str, Any]:
-    manager = _manager(request)
+    manager = await _fresh(request)
     body = await _body(request, WebhookDeleteByUrl)
     result = await manager.delete_by_url(body.event, body.url)
     return {"ok": True, **result}
@@ -126,7 +137,7 @@ async def delete_by_url(request: Request) -> dict[str, Any]:
     responses=_NOT_FOUND,
 )
 async def get_webhook(request: Request, webhook_id: str) -> dict[str, Any]:
-    manager = _manager(request)
+    manager = await _fresh(request)
     sub = manager.get(webhook_id)
     counts = await asyncio.to_thread(manager.counts, webhook_id)
     return {"ok": True, "webhook": sub.masked(), "deliveries": counts}
@@ -140,7 +151,7 @@ async def get_webhook(request: Request, webhook_id: str) -> dict[str, Any]:
     openapi_extra=_json_body(WebhookPatch),
 )
 async def patch_webhook(request: Request, webhook_id: str) -> dict[str, Any]:
-    manager = _manager(request)
+    manager = await _fresh(request)
     body = await _body(request, WebhookPatch)
     sub = await manager.update(webhook_id, body)
     return {"ok": True, "webhook": sub.masked()}
@@ -153,7 +164,7 @@ async def patch_webhook(request: Request, webhook_id: str) -> dict[str, Any]:
     responses=_NOT_FOUND,
 )
 async def delete_webhook(request: Request, webhook_id: str) -> dict[str, Any]:
-    manager = _manager(request)
+    manager = await _fresh(request)
     await manager.delete(webhook_id)
     return {"ok": True, "deleted": [webhook_id], "updated": []}
 
@@ -166,7 +177,7 @@ async def delete_webhook(request: Request, webhook_id: str) -> dict[str, Any]:
     openapi_extra=_json_body(RotateSecretRequest, required=False),
 )
 async def rotate_secret(request: Request, webhook_id: str) -> dict[str, Any]:
-    manager = _manager(request)
+    manager = await _fresh(request)
     body = await _body(request, RotateSecretRequest, required=False)
     sub = await manager.rotate(webhook_id, body)
     return {"ok": True, "webhook": _with_secret(sub)}
@@ -187,7 +198,7 @@ async def list_deliveries(
         int | None, Query(ge=1, le=2**62, description="Only deliveries with a lower id")
     ] = None,
 ) -> dict[str, Any]:
-    manager = _manager(request)
+    manager = await _fresh(request)
     items = await asyncio.to_thread(manager.deliveries, webhook_id, status, limit, before)
     return {
         "ok": True,
@@ -205,7 +216,7 @@ async def list_deliveries(
 async def get_delivery(
     request: Request, webhook_id: str, delivery_id: DeliveryId
 ) -> dict[str, Any]:
-    manager = _manager(request)
+    manager = await _fresh(request)
     delivery, attempts = await asyncio.to_thread(manager.delivery, webhook_id, delivery_id)
     return {
         "ok": True,
@@ -221,7 +232,7 @@ async def get_delivery(
     responses=error_responses(404, 409),
 )
 async def redeliver(request: Request, webhook_id: str, delivery_id: DeliveryId) -> dict[str, Any]:
-    manager = _manager(request)
+    manager = await _fresh(request)
     delivery, attempt = await manager.redeliver(webhook_id, delivery_id)
     return _sent(delivery, attempt)
 
@@ -233,6 +244,6 @@ async def redeliver(request: Request, webhook_id: str, delivery_id: DeliveryId) 
     responses=_NOT_FOUND,
 )
 async def ping(request: Request, webhook_id: str) -> dict[str, Any]:
-    manager = _manager(request)
+    manager = await _fresh(request)
     delivery, attempt = await manager.ping(webhook_id)
     return _sent(delivery, attempt)

@@ -1,0 +1,515 @@
+"""The webhook forwarder of a node on a shared bus (``services.webhooks`` with ``--bus``).
+
+The same methods, arguments, answers and errors as the embedded :class:`WebhookManager`, so
+the routes, the CLI and the Studio need not know which one they talk to; what is behind them
+lives in NATS (:mod:`.setup` lists it) and any node answers for all of it.
+
+It runs on a NATS connection of its own (a second :class:`NatsLink`: its own socket, thread
+and event loop). Sending webhooks is HTTP work with timeouts, retries and slow receivers; on
+the bus's connection it would share a loop with the publisher that acknowledges emits and the
+consumer that feeds WebSocket clients. Apart, neither can delay the other, and everything
+webhook-related (watch, fan-out, lanes, sends) runs on one loop with no hand-offs between them.
+Route calls hop onto that loop and back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import secrets
+import socket
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from contextlib import AsyncExitStack
+from typing import Any, TypeVar
+
+from comfyvn.core.jetstream import BusUnreachableError, JetStreamBus, NatsLink
+from comfyvn.net import AddressPolicy, RefusedAddress
+
+from ..config import WebhookConfig
+from ..manager import WebhookError, normalize_events
+from ..models import (
+    ALL_EVENTS,
+    Attempt,
+    Delivery,
+    RotateSecretRequest,
+    Subscription,
+    WebhookCreate,
+    WebhookPatch,
+)
+from ..retry import decide
+from ..sender import Sender
+from ..signing import SecretError, generate_secret, parse_secret
+from .catalog import Catalog, ConcurrentChange
+from .deliveries import DeliveryLog, ping_body
+from .delivery import Dispatcher
+from .effects import Effects
+from .fanout import FanOut
+from .names import Names
+from .records import AttemptRecord, OutboxItem, SubscriptionRecord, build_delivery
+from .setup import ensure_layout
+
+__all__ = ["SharedWebhookManager", "start_shared_webhooks"]
+
+log = logging.getLogger("comfyvn.webhooks")
+T = TypeVar("T")
+
+CALL_TIMEOUT_S = 15.0
+
+
+class SharedWebhookManager:
+    def __init__(
+        self,
+        bus: JetStreamBus,
+        config: WebhookConfig | None = None,
+        policy: AddressPolicy | None = None,
+    ) -> None:
+        self.bus = bus
+        self.config = config or WebhookConfig.from_env()
+        self.policy = policy or AddressPolicy(
+            allow_hosts={"COMFYVN_WEBHOOK_ALLOW_HOSTS": self.config.allow_hosts},
+            deny_hosts={"COMFYVN_WEBHOOK_DENY_HOSTS": self.config.deny_hosts},
+            allow_loopback=self.config.allow_loopback,
+        )
+        self.names = Names(bus.log.namespace, bus.log.stream, bus.log.prefix)
+        self.node = f"{socket.gethostname()}:{os.getpid()}"
+        self.link = NatsLink(bus.link.url, name=f"{bus.link.name} webhooks")
+        self._parts: _Parts | None = None
+        self._lock: asyncio.Lock | None = None  # one operator change at a time on this node
+
+    # -- lifecycle (a worker thread) ---------------------------------------------------------
+    def start(self) -> None:
+        self.link.start()
+        try:
+            self._parts = self.link.run(self._start(), timeout=30.0)
+        except BaseException:
+            self.link.close()
+            raise
+        subs = self._p.catalog.subscriptions
+        log.info(
+            "webhooks on the shared bus %s: %d subscription(s), %d enabled",
+            self.link.shown_url,
+            len(subs),
+            sum(s.enabled for s in subs.values()),
+        )
+
+    async def _start(self) -> _Parts:
+        js, jsm = self.link.js, self.link.jsm
+        kv, leases = await ensure_layout(js, jsm, self.names, self.config)
+        catalog = Catalog(js, jsm, kv, self.names)
+        deliveries = DeliveryLog(js, jsm, self.names, self.config.retry_schedule[0])
+        effects = Effects(catalog, self.config.disable_after)
+        sender = Sender(self.config, self.policy)
+        dispatcher = Dispatcher(
+            js=js,
+            jsm=jsm,
+            names=self.names,
+            config=self.config,
+            catalog=catalog,
+            deliveries=deliveries,
+            effects=effects,
+            sender=sender,
+            node=self.node,
+        )
+        fanout = FanOut(js, self.names, catalog)
+        parts = _Parts(catalog, deliveries, effects, sender, dispatcher, fanout, leases)
+        self._lock = asyncio.Lock()
+        catalog.on_change.append(dispatcher.sync)
+        await catalog.start()
+        effects.start()
+        parts.fanout.start()
+        dispatcher.sync()
+        return parts
+
+    def stop(self) -> None:
+        parts, self._parts = self._parts, None
+        if parts is not None:
+            with contextlib.suppress(Exception):
+                self.link.run(parts.stop(), timeout=10.0)
+        self.link.close()
+
+    @property
+    def _p(self) -> _Parts:
+        if self._parts is None:
+            raise WebhookError(503, "the webhook forwarder is not running; try again once it is")
+        return self._parts
+
+    # -- calling onto the link's loop, NATS trouble as a 503 ---------------------------------
+    @contextlib.contextmanager
+    def _bus_errors(self) -> Iterator[None]:
+        import nats.errors
+
+        try:
+            yield
+        except WebhookError:
+            raise
+        except ConcurrentChange as exc:
+            raise WebhookError(409, str(exc)) from None
+        except (BusUnreachableError, TimeoutError, ConnectionError, nats.errors.Error) as exc:
+            why = self.link.reason or str(exc) or type(exc).__name__
+            raise WebhookError(503, f"the shared bus did not answer ({why}); try again") from None
+
+    async def _call(self, coro: Coroutine[Any, Any, T], timeout: float = CALL_TIMEOUT_S) -> T:
+        with self._bus_errors():
+            future = asyncio.wrap_future(self.link.submit(coro))
+            return await asyncio.wait_for(future, timeout)
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        with self._bus_errors():
+            return self.link.run(coro, timeout=CALL_TIMEOUT_S)
+
+    # -- reading -----------------------------------------------------------------------------
+    async def refresh(self) -> None:
+        """Until this node has seen every subscription change made (on any node) before."""
+        await self._call(self._p.catalog.refresh())
+
+    def describe_masked(self) -> list[dict[str, Any]]:
+        if self._parts is None:
+            return []
+        now = time.time()
+        return [s.masked(now) for s in self._parts.catalog.subscriptions.values()]
+
+    def stats(self) -> dict[str, Any]:
+        p = self._p
+        return {
+            "subscriptions": len(p.catalog.subscriptions),
+            **p.dispatcher.stats(),
+            "attempts": p.sender.sent,
+            "delivered": p.sender.delivered,
+            "failed_attempts": p.sender.failed_attempts,
+        }
+
+    def get(self, sub_id: str) -> Subscription:
+        sub = self._p.catalog.get(sub_id)
+        if sub is None:
+            raise WebhookError(404, f"no webhook with id {sub_id!r}")
+        return sub
+
+    def counts(self, sub_id: str) -> dict[str, int]:
+        self.get(sub_id)
+        return self._run(self._p.deliveries.counts(sub_id))
+
+    def deliveries(
+        self, sub_id: str, status: str | None, limit: int, before: int | None
+    ) -> list[Delivery]:
+        self.get(sub_id)
+        return self._run(self._p.deliveries.list(sub_id, status, limit, before))
+
+    def delivery(self, sub_id: str, delivery_id: int) -> tuple[Delivery, list[Attempt]]:
+        self.get(sub_id)
+        return self._run(self._delivery(sub_id, delivery_id))
+
+    async def _delivery(self, sub_id: str, delivery_id: int) -> tuple[Delivery, list[Attempt]]:
+        item, records = await self._item_and_attempts(sub_id, delivery_id)
+        delivery = build_delivery(item, records, self.config.retry_schedule[0])
+        return delivery, [r.to_attempt(sub_id) for r in records]
+
+    async def _item_and_attempts(
+        self, sub_id: str, delivery_id: int
+    ) -> tuple[OutboxItem, list[AttemptRecord]]:
+        log_ = self._p.deliveries
+        item = await log_.item(delivery_id)
+        if item is None or item.sub_id != sub_id:
+            raise WebhookError(404, f"webhook {sub_id!r} has no delivery {delivery_id}")
+        return item, await log_.attempts(sub_id, delivery_id, item.created_at)
+
+    # -- changes -----------------------------------------------------------------------------
+    async def _check_url(self, url: str) -> None:
+        try:
+            await self.policy.check_url_resolved(url)
+        except RefusedAddress as exc:
+            raise WebhookError(400, f"url refused: {exc}") from None
+
+    async def create(self, body: WebhookCreate) -> Subscription:
+        events = normalize_events(body.events)
+        await self._check_url(body.url)
+        secret = body.secret if body.secret is not None else generate_secret()
+        try:
+            parse_secret(secret)
+        except SecretError as exc:
+            raise WebhookError(400, str(exc)) from None
+        now = time.time()
+        sub = Subscription(
+            id=f"wh_{secrets.token_hex(8)}",
+            url=body.url,
+            events=events,
+            secret=secret,
+            enabled=body.enabled,
+            description=body.description,
+            created_at=now,
+            updated_at=now,
+        )
+        return await self._call(self._insert(sub))
+
+    async def _insert(self, sub: Subscription) -> Subscription:
+        p = self._p
+        assert self._lock is not None
+        async with self._lock:
+            await p.catalog.refresh()
+            existing = p.catalog.subscriptions
+            if len(existing) >= self.config.max_subscriptions:
+                raise WebhookError(
+                    409,
+                    f"already {len(existing)} webhooks; the limit is "
+                    f"{self.config.max_subscriptions} (COMFYVN_WEBHOOK_MAX_SUBSCRIPTIONS)",
+                )
+            for other in existing.values():
+                if other.url == sub.url and set(other.events) == set(sub.events):
+                    raise WebhookError(
+                        409,
+                        f"webhook {other.id} already sends these events to this URL; "
+                        "PATCH it or DELETE it first",
+                    )
+            hooks = await self.link.jsm.stream_info(self.names.hooks_stream)
+            await p.catalog.create(SubscriptionRecord(sub, int(hooks.state.last_seq or 0)))
+            await p.catalog.refresh()
+        return sub
+
+    async def _mutate(self, sub_id: str, **changes: Any) -> Subscription:
+        """Apply ``changes`` (as PATCH does) with compare-and-set; 404 if it is gone."""
+
+        def change(current: Subscription) -> Subscription | None:
+            todo = dict(changes)
+            if "enabled" in todo and todo["enabled"] == current.enabled:
+                # Re-sending the same state must not wipe the recorded disable reason.
+                for key in ("enabled", "disabled_reason", "consecutive_failures"):
+                    todo.pop(key, None)
+            if not todo:
+                return None
+            return dataclasses.replace(current, **todo, updated_at=time.time())
+
+        async def run() -> Subscription | None:
+            p = self._p
+            sub = await p.catalog.mutate(sub_id, change)
+            await p.catalog.refresh()
+            return sub
+
+        sub = await self._call(run())
+        if sub is None:
+            raise WebhookError(404, f"no webhook with id {sub_id!r}")
+        return sub
+
+    async def update(self, sub_id: str, patch: WebhookPatch) -> Subscription:
+        changes: dict[str, Any] = {}
+        if patch.url is not None:
+            await self._check_url(patch.url)
+            changes["url"] = patch.url
+        if patch.events is not None:
+            changes["events"] = normalize_events(patch.events)
+        if patch.description is not None:
+            changes["description"] = patch.description
+        if patch.enabled is not None:
+            changes["enabled"] = patch.enabled
+            if patch.enabled:
+                changes["disabled_reason"] = None
+                changes["consecutive_failures"] = 0
+            else:
+                changes["disabled_reason"] = "disabled by an operator"
+        return await self._mutate(sub_id, **changes)
+
+    async def rotate(self, sub_id: str, body: RotateSecretRequest) -> Subscription:
+        secret = body.secret if body.secret is not None else generate_secret()
+        try:
+            parse_secret(secret)
+        except SecretError as exc:
+            raise WebhookError(400, str(exc)) from None
+        grace = self.config.rotation_grace_s if body.grace_seconds is None else body.grace_seconds
+
+        def change(current: Subscription) -> Subscription:
+            if secret == current.secret:
+                raise WebhookError(400, "the new secret is the same as the current one")
+            keep_old = grace > 0
+            return dataclasses.replace(
+                current,
+                secret=secret,
+                old_secret=current.secret if keep_old else None,
+                old_secret_expires_at=time.time() + grace if keep_old else None,
+                updated_at=time.time(),
+            )
+
+        async def run() -> Subscription | None:
+            p = self._p
+            sub = await p.catalog.mutate(sub_id, change)
+            await p.catalog.refresh()
+            return sub
+
+        sub = await self._call(run())
+        if sub is None:
+            raise WebhookError(404, f"no webhook with id {sub_id!r}")
+        return sub
+
+    async def delete(self, sub_id: str) -> None:
+        await self._call(self._delete(sub_id, must_exist=True))
+
+    async def _delete(self, sub_id: str, *, must_exist: bool) -> None:
+        """Out of the bucket first (no new deliveries, lanes stop), then its queue and log."""
+        from nats.js.errors import KeyNotFoundError, NotFoundError
+
+        p = self._p
+        try:
+            await p.catalog.kv.get(sub_id)
+        except KeyNotFoundError:
+            if must_exist:
+                raise WebhookError(404, f"no webhook with id {sub_id!r}") from None
+            return
+        await p.catalog.delete(sub_id)
+        with contextlib.suppress(NotFoundError):
+            await self.link.jsm.delete_consumer(
+                self.names.outbox_stream, self.names.sender_consumer(sub_id)
+            )
+        await p.deliveries.purge(sub_id)
+        await p.catalog.refresh()
+
+    async def delete_by_url(self, event: str, url: str) -> dict[str, list[str]]:
+        event = event.strip()
+        if event != ALL_EVENTS:
+            normalize_events([event])
+        return await self._call(self._delete_by_url(event, url))
+
+    async def _delete_by_url(self, event: str, url: str) -> dict[str, list[str]]:
+        p = self._p
+        assert self._lock is not None
+        async with self._lock:
+            await p.catalog.refresh()
+            matching = [s for s in p.catalog.subscriptions.values() if s.url == url]
+            if not matching:
+                raise WebhookError(404, "no webhook is registered for this URL")
+            if event == ALL_EVENTS:
+                targets = matching
+            else:
+                targets = [s for s in matching if event in s.events]
+                if not targets:
+                    if any(ALL_EVENTS in s.events for s in matching):
+                        ids = ", ".join(s.id for s in matching if ALL_EVENTS in s.events)
+                        raise WebhookError(
+                            409,
+                            f"webhook {ids} forwards every hook ('*'); PATCH its 'events' "
+                            "or DELETE with event '*'",
+                        )
+                    raise WebhookError(404, f"no webhook sends {event!r} to this URL")
+            deleted: list[str] = []
+            updated: list[str] = []
+            for sub in targets:
+                remaining = [e for e in sub.events if e != event] if event != ALL_EVENTS else []
+                if remaining:
+                    await p.catalog.mutate(sub.id, _with_events(tuple(remaining)))
+                    updated.append(sub.id)
+                else:
+                    await self._delete(sub.id, must_exist=False)
+                    deleted.append(sub.id)
+            await p.catalog.refresh()
+        return {"deleted": deleted, "updated": updated}
+
+    # -- sending now -------------------------------------------------------------------------
+    async def ping(self, sub_id: str) -> tuple[Delivery | None, Attempt]:
+        self.get(sub_id)
+        return await self._call(self._ping(sub_id), timeout=self.config.timeout_s + CALL_TIMEOUT_S)
+
+    async def _ping(self, sub_id: str) -> tuple[Delivery | None, Attempt]:
+        p = self._p
+        sub = self.get(sub_id)
+        now = time.time()
+        msg_id = f"msg_ping_{secrets.token_hex(8)}"
+        body = ping_body(sub_id, msg_id, now)
+        delivery_id = await p.deliveries.publish_ping(sub_id, msg_id, body)
+        attempt = await p.sender.send(sub, delivery_id, msg_id, body)
+        attempt.number = 1
+        outcome = decide(self.config, "ping", 0, attempt, manual=True)
+        record = AttemptRecord.of(outcome, via=0, node=self.node)
+        await p.deliveries.record(sub_id, record)
+        item = OutboxItem(delivery_id, sub_id, "ping", "ping", msg_id, None, now, body)
+        return build_delivery(item, [record], self.config.retry_schedule[0]), attempt
+
+    async def redeliver(self, sub_id: str, delivery_id: int) -> tuple[Delivery, Attempt]:
+        self.get(sub_id)
+        return await self._call(
+            self._redeliver(sub_id, delivery_id), timeout=self.config.timeout_s + CALL_TIMEOUT_S
+        )
+
+    async def _redeliver(self, sub_id: str, delivery_id: int) -> tuple[Delivery, Attempt]:
+        """One attempt now, by this node, of a delivered or failed delivery. A pending one
+        belongs to its queue (it may be in flight on another node): a 409 that says so."""
+        from nats.js.errors import KeyWrongLastSequenceError
+
+        p = self._p
+        sub = self.get(sub_id)
+        item, records = await self._item_and_attempts(sub_id, delivery_id)
+        last = records[-1] if records else None
+        if last is None or not last.final:
+            when = "once the webhook is enabled again" if not sub.enabled else "automatically"
+            raise WebhookError(
+                409,
+                f"delivery {delivery_id} is pending: it is sent (and retried) {when}; "
+                "redeliver it once it is delivered or failed",
+            )
+        lease = str(delivery_id)
+        try:
+            await p.leases.create(lease, self.node.encode())
+        except KeyWrongLastSequenceError:
+            raise WebhookError(
+                409, f"delivery {delivery_id} is being redelivered right now; try again"
+            ) from None
+        try:
+            attempt = await p.sender.send(sub, delivery_id, item.event_id, item.body)
+            attempt.number = last.attempt + 1
+            outcome = decide(self.config, item.event, 0, attempt, manual=True)
+            via = 0
+            if outcome.status == "pending":  # back on the schedule, through the queue
+                via = await p.deliveries.publish_retry(
+                    item, attempt.number, outcome.next_attempt_at
+                )
+            record = AttemptRecord.of(outcome, via=via, node=self.node)
+            await p.deliveries.record(sub_id, record)
+            try:
+                await p.effects.apply(sub_id, outcome)
+            except Exception as exc:
+                log.warning("webhook %s: could not record the result on it: %s", sub_id, exc)
+        finally:
+            with contextlib.suppress(Exception):
+                await p.leases.delete(lease)
+        delivery = build_delivery(item, [*records, record], self.config.retry_schedule[0])
+        return delivery, attempt
+
+
+def _with_events(events: tuple[str, ...]) -> Callable[[Subscription], Subscription]:
+    def change(sub: Subscription) -> Subscription:
+        return dataclasses.replace(sub, events=events, updated_at=time.time())
+
+    return change
+
+
+@dataclasses.dataclass
+class _Parts:
+    """What runs on the link's loop once started."""
+
+    catalog: Catalog
+    deliveries: DeliveryLog
+    effects: Effects
+    sender: Sender
+    dispatcher: Dispatcher
+    fanout: FanOut
+    leases: Any
+
+    async def stop(self) -> None:
+        await self.fanout.stop()
+        await self.dispatcher.close()
+        await self.effects.stop()
+        await self.catalog.stop()
+        await self.sender.aclose()
+
+
+async def start_shared_webhooks(services: Any, stack: AsyncExitStack) -> SharedWebhookManager:
+    """The forwarder for the shared bus ``services.bus``; sets ``services.webhooks``."""
+    manager = SharedWebhookManager(services.bus, policy=services.outbound)
+    await asyncio.to_thread(manager.start)
+    services.webhooks = manager
+    stack.callback(_stop, manager)
+    return manager
+
+
+def _stop(manager: SharedWebhookManager) -> None:
+    with contextlib.suppress(Exception):
+        manager.stop()
