@@ -152,7 +152,7 @@ def open_bus(settings: Settings) -> HookBus:
     return jetstream.open_bus(
         settings.bus_url,
         settings.bus_namespace,
-        name=f"comfyvn {settings.host}:{settings.port} pid {os.getpid()}",
+        name=f"comfyvn pid {os.getpid()}",  # in NATS monitoring and our log lines
         retention=retention,
         commit_timeout_s=settings.commit_timeout_s,
         buffer_limit=settings.bus_buffer,

@@ -122,7 +122,9 @@ class NatsLink:
         if self._closing:
             return
         if self._connected.is_set():
-            log.warning("lost the connection to NATS at %s; reconnecting", self.shown_url)
+            log.warning(
+                "%s: lost the connection to NATS at %s; reconnecting", self.name, self.shown_url
+            )
         self._reason = f"the NATS server at {self.shown_url} is unreachable; reconnecting"
         self._connected.clear()
         if self._ready is not None:
@@ -131,7 +133,7 @@ class NatsLink:
             _call(fn)
 
     async def _reconnected(self) -> None:
-        log.info("reconnected to NATS at %s", self.shown_url)
+        log.info("%s: reconnected to NATS at %s", self.name, self.shown_url)
         self._set_connected()
         for fn in list(self.on_reconnect):
             _call(fn)
