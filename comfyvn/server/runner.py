@@ -9,7 +9,7 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import uvicorn
 
@@ -84,6 +84,7 @@ def serve(
     log_level: str = "INFO",
     workers: int = 1,
     worker_fd: int | None = None,
+    argv: Sequence[str] | None = None,
 ) -> int:
     """Run until SIGINT/SIGTERM. The data dir is locked before anything opens it (the event log
     in ``create_app``) and stays locked for the process lifetime; a second server on it exits 2
@@ -124,7 +125,7 @@ def serve(
             return 2
     try:
         if workers > 1:
-            return _supervise(settings, workers, lock)
+            return _supervise(settings, workers, lock, list(argv or sys.argv[1:]))
         return _run(settings, log_level, lock, worker_fd)
     finally:
         if lock is not None:
@@ -136,6 +137,7 @@ def _check_bus(settings: Settings) -> str | None:
     why not, in one line: better than a traceback from inside the app's start-up."""
     try:
         from comfyvn.core.jetstream import BusUnreachableError, NatsLink, check_namespace
+        from comfyvn.core.jetstream.link import display_url, server_urls
     except ImportError:  # pragma: no cover - the bus extra is missing
         return "the shared bus needs nats-py: pip install 'comfyvn[bus]'"
     try:
@@ -146,8 +148,9 @@ def _check_bus(settings: Settings) -> str | None:
         check_namespace(settings.bus_namespace)
     except ValueError as exc:
         return str(exc)
-    if not settings.bus_url.startswith(("nats://", "tls://")):
-        return f"--bus {NatsLink(settings.bus_url).shown_url!r} is not a nats:// or tls:// URL"
+    for server in server_urls(settings.bus_url):
+        if not server.startswith(("nats://", "tls://")):
+            return f"--bus {display_url(server)!r} is not a nats:// or tls:// URL"
     link = NatsLink(settings.bus_url, connect_timeout_s=3.0)
     try:
         link.start()
@@ -157,7 +160,7 @@ def _check_bus(settings: Settings) -> str | None:
     return None
 
 
-def _supervise(settings: Settings, workers: int, lock: DataDirLock | None) -> int:
+def _supervise(settings: Settings, workers: int, lock: DataDirLock | None, argv: list[str]) -> int:
     from comfyvn.core.settings import ensure_token
 
     from .workers import Supervisor, listening_socket
@@ -187,7 +190,7 @@ def _supervise(settings: Settings, workers: int, lock: DataDirLock | None) -> in
         print(f"{workers} workers share the port and the bus {settings.bus_namespace!r}")
         print(f"ComfyVN Studio server ready at http://{shown}:{port}", flush=True)
 
-    return Supervisor(workers, sys.argv[1:], sock).run(ready)
+    return Supervisor(workers, argv, sock).run(ready)
 
 
 def _run(

@@ -27,7 +27,8 @@ __all__ = ["READY_PREFIX", "Supervisor", "watch_parent", "worker_argv"]
 log = logging.getLogger("comfyvn.server")
 
 READY_PREFIX = "ComfyVN Studio server ready at "
-_RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
+_RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 15.0, 30.0)  # a crash loop slows down to 30 s
+_STABLE_S = 60.0
 
 
 def worker_argv(argv: list[str], fd: int) -> list[str]:
@@ -74,6 +75,7 @@ class _Worker:
         self.argv = argv
         self.fd = fd
         self.ready = threading.Event()
+        self.ready_at = 0.0
         self.restarts = 0
         self.proc: subprocess.Popen[str] | None = None
 
@@ -92,12 +94,16 @@ class _Worker:
     def _relay(self, proc: subprocess.Popen[str]) -> None:
         """The worker's stdout: its ready line is a signal for us, the rest goes through."""
         assert proc.stdout is not None
-        for line in proc.stdout:
+        for line in proc.stdout:  # read to the end, always: a full pipe would block the worker
             if line.startswith(READY_PREFIX):
                 self.ready.set()
+                self.ready_at = time.monotonic()
                 continue
-            sys.stdout.write(line)
-            sys.stdout.flush()
+            try:
+                sys.stdout.write(line)
+                sys.stdout.flush()
+            except (BrokenPipeError, ValueError):  # nobody reads our stdout any more
+                pass
 
 
 class Supervisor:
@@ -116,7 +122,8 @@ class Supervisor:
         deadline = time.monotonic() + ready_timeout_s
         while not all(w.ready.is_set() for w in self.workers):
             failed = [w for w in self.workers if w.proc and w.proc.poll() is not None]
-            if failed or self._stop.is_set() or time.monotonic() > deadline:
+            late = time.monotonic() > deadline
+            if failed or self._stop.is_set() or late:
                 if failed:
                     code = failed[0].proc.returncode if failed[0].proc else 1
                     print(
@@ -124,6 +131,14 @@ class Supervisor:
                         "starting; stopping the others",
                         file=sys.stderr,
                     )
+                elif late:
+                    waiting = [str(w.index) for w in self.workers if not w.ready.is_set()]
+                    print(
+                        f"comfyvn serve: worker(s) {', '.join(waiting)} not ready after "
+                        f"{ready_timeout_s:g} s; stopping them all (their log lines are above)",
+                        file=sys.stderr,
+                    )
+                    failed = [self.workers[0]]
                 self._stop_all()
                 return 0 if self._stop.is_set() and not failed else 1
             time.sleep(0.05)
@@ -137,6 +152,8 @@ class Supervisor:
         return 0
 
     def _restart(self, worker: _Worker, code: int) -> None:
+        if worker.ready_at and time.monotonic() - worker.ready_at > _STABLE_S:
+            worker.restarts = 0  # it ran well for a while: this is a new failure, not a loop
         delay = _RESTART_BACKOFF_S[min(worker.restarts, len(_RESTART_BACKOFF_S) - 1)]
         log.error("worker %d exited with %s; restarting it in %.1f s", worker.index, code, delay)
         worker.restarts += 1

@@ -22,13 +22,14 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ..envelope import Emitted
+from ..envelope import Emitted, encode_payload
 from ..event_log import LogRow, RetentionPolicy
 from ..hook_bus import BusClosedError, CommitTimeout, HookBus, UnknownHookError
-from .event_log import JetStreamEventLog, decode_row, encode_body
+from ..subscription import Subscription
+from .event_log import ForeignMessageError, JetStreamEventLog, decode_row, encode_body
 from .link import NatsLink
 
 __all__ = ["BusUnavailableError", "JetStreamBus"]
@@ -68,6 +69,7 @@ class JetStreamBus(HookBus):
         self._ack_lock = threading.Lock()
         self._retry: list[LogRow] = []  # published, not yet acknowledged: sent again, in order
         self._in_flight = 0
+        self._stop_deadline = float("inf")
         self._publish_error: str | None = None
         self._publisher_idle = False
         self._wake_publisher: asyncio.Event | None = None
@@ -87,16 +89,35 @@ class JetStreamBus(HookBus):
     def _start_writer(self) -> None:
         link = self.link
         link.on_disconnect.append(self._fail_ack_waiters)
+        link.on_reconnect.append(self._on_reconnect)
+        self._wake_publisher = link.run(_new_event(), timeout=10.0)
         link.run(self._start_consumer(), timeout=10.0)
         self._tasks = [
             link.submit(self._publish_loop()),
             link.submit(self._maintenance_loop()),
         ]
+        for task in self._tasks:
+            task.add_done_callback(_log_crash)
+
+    def _on_reconnect(self) -> None:
+        # A new consumer from the last seq this node handed on. nats-py's ordered consumer
+        # would recreate itself too, but from the last seq *it* saw: on a node that received
+        # nothing since start that is 0, and the whole stream would come down again.
+        self.link.loop.create_task(self._resubscribe())
+
+    async def _resubscribe(self) -> None:
+        old, self._consumer = self._consumer, None
+        if old is not None:
+            with contextlib.suppress(Exception):
+                await old.unsubscribe()
+        try:
+            await self._start_consumer()
+        except Exception as exc:  # the maintenance loop tries again
+            log.warning("could not resubscribe to the bus stream: %s", _text(exc))
 
     async def _start_consumer(self) -> None:
         from nats.js import api
 
-        self._wake_publisher = asyncio.Event()
         config = api.ConsumerConfig(
             deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
             opt_start_seq=self._committed_seq + 1,
@@ -111,6 +132,26 @@ class JetStreamBus(HookBus):
             pending_msgs_limit=100_000,
             pending_bytes_limit=256 * 1024 * 1024,
         )
+
+    def subscribe(
+        self, topics: Iterable[str] | None = None, since: int | None = None
+    ) -> Subscription:
+        """As on the embedded bus, except that a ``since`` ahead of what this node has handed
+        on is kept when the stream holds it: a client resuming on a node a few ms behind the
+        one it left must not get envelopes again."""
+        sub = super().subscribe(topics, since)
+        if since is not None and since > sub.cursor:
+            with self._ack_lock:
+                known = max(self._acked.values(), default=0)
+            if since <= known:
+                sub.cursor = since
+            else:
+                try:
+                    top = self.log.latest_seq()
+                except Exception:  # NATS down: the embedded rule (at most the head we know)
+                    top = sub.cursor
+                sub.cursor = max(sub.cursor, min(since, top))
+        return sub
 
     # -- emit --------------------------------------------------------------------------------
     def emit(self, event: str, payload: Mapping[str, Any]) -> Emitted:
@@ -225,15 +266,18 @@ class JetStreamBus(HookBus):
                 wake.clear()
                 self._publisher_idle = False
                 continue
+            if self._stopping and time.monotonic() > self._stop_deadline:
+                self._give_up()
+                return
             if not self.link.connected:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(1.0):
                         await self.link.wait_connected()
-                if not self.link.connected and self._stopping and self._give_up():
-                    return
                 continue
-            batch = self._retry + self._rows(self._drain(_PUBLISH_BATCH - len(self._retry)))
-            self._in_flight = len(batch)
+            self._in_flight = 1  # before the drain: flush() must never see nothing anywhere
+            batch = self._retry + self._fit(
+                self._rows(self._drain(_PUBLISH_BATCH - len(self._retry)))
+            )
             self._retry = await self._publish(batch)
             self._in_flight = 0
             if self._retry:
@@ -242,11 +286,34 @@ class JetStreamBus(HookBus):
             else:
                 backoff = 0.05
 
+    def _fit(self, rows: list[LogRow]) -> list[LogRow]:
+        """An envelope over NATS' maximum message size would be refused for ever and block
+        everything behind it: it becomes an error payload under its id (as a payload that is
+        not JSON does), naming the size. The embedded log has no such limit."""
+        limit = int(self.link.nc.max_payload) - 512  # headers and the id/ts prefix
+        out = rows
+        for i, row in enumerate(rows):
+            if len(row.data) > limit:
+                if out is rows:
+                    out = list(rows)
+                reason = (
+                    f"payload of {len(row.data)} bytes is over the shared bus's maximum message "
+                    f"size ({limit} bytes of payload; NATS max_payload)"
+                )
+                log.error("%s %s: %s", row.event, row.id, reason)
+                out[i] = row._replace(data=encode_payload({"error": reason}))
+        return out
+
     async def _publish(self, rows: list[LogRow]) -> list[LogRow]:
-        """Publish ``rows`` pipelined; returns those not acknowledged (to send again)."""
+        """Publish ``rows`` pipelined; returns those to send again.
+
+        Acknowledgements are taken in order only, up to the first row that was not: a later
+        row may have been stored while an earlier one was lost with a dropped connection, and
+        "the last event of a call is acknowledged" must keep meaning "all of them are". The
+        rest is sent again; the stream recognises the ids and answers with the first seq."""
         js = self.link.js
         subject = self.log.subject
-        futures = []
+        futures: list[asyncio.Future[Any]] = []
         try:
             for row in rows:
                 body = encode_body(row.id, row.ts, row.data)
@@ -254,28 +321,43 @@ class JetStreamBus(HookBus):
                 futures.append(await js.publish_async(subject(row.event), body, headers=headers))
         except Exception as exc:
             self._note_publish_error(exc)
-        acks: list[tuple[int, int]] = []
-        failed: list[LogRow] = []
         if futures:
             await asyncio.wait(futures, timeout=self.ack_timeout_s)
+        acks: list[tuple[int, int]] = []
+        first_failure: int | None = None
         for i, row in enumerate(rows):
             fut = futures[i] if i < len(futures) else None
-            if fut is not None and fut.done() and not fut.cancelled() and not fut.exception():
-                acks.append((row.seq, fut.result().seq))  # row.seq is the ticket here
-            else:
-                if fut is not None and not fut.done():
-                    fut.cancel()
-                elif fut is not None and not fut.cancelled() and fut.exception():
-                    self._note_publish_error(fut.exception())
-                failed.append(row)
+            ok = fut is not None and fut.done() and not fut.cancelled() and not fut.exception()
+            if ok and first_failure is None:
+                acks.append((row.seq, fut.result().seq))  # type: ignore[union-attr]
+                continue
+            if first_failure is None:
+                first_failure = i
+            if fut is not None and not fut.done():
+                fut.cancel()
+            elif fut is not None and not fut.cancelled() and fut.exception():
+                await self._publish_failed(row, fut.exception())
         if acks:
             self._record_acks(acks)
-            if not failed and self._publish_error is not None:
+        if first_failure is None:
+            if self._publish_error is not None:
                 log.info("the bus acknowledges publishes again")
                 self._publish_error = None
-        if failed and self._publish_error is None and self.link.connected:
-            self._publish_error = f"NATS did not acknowledge {len(failed)} publishes in time"
-        return failed
+            return []
+        if self._publish_error is None and self.link.connected:
+            self._publish_error = "NATS did not acknowledge publishes in time"
+        return rows[first_failure:]
+
+    async def _publish_failed(self, row: LogRow, exc: BaseException | None) -> None:
+        from nats.js.errors import NoStreamResponseError
+
+        self._note_publish_error(exc)
+        if isinstance(exc, NoStreamResponseError):
+            # The stream is gone (deleted, or NATS came back with an empty store): make it
+            # again; the maintenance loop notices the new stream and restarts this node's view.
+            with contextlib.suppress(Exception):
+                await self.log._ensure_stream()
+                log.error("the bus stream %s was missing and is created again", self.log.stream)
 
     def _note_publish_error(self, exc: BaseException | None) -> None:
         text = f"{type(exc).__name__}: {exc}" if exc else "unknown error"
@@ -291,15 +373,50 @@ class JetStreamBus(HookBus):
         return True
 
     async def _maintenance_loop(self) -> None:
+        next_stream_check = time.monotonic() + 5.0
         while not self._stopping:
             await asyncio.sleep(0.5)
-            self._check_listeners(time.monotonic())
+            now = time.monotonic()
+            self._check_listeners(now)
+            if now >= next_stream_check and self.link.connected:
+                next_stream_check = now + 5.0
+                with contextlib.suppress(Exception):
+                    await self._check_stream()
+
+    async def _check_stream(self) -> None:
+        """The stream was replaced (deleted and made again: its seqs start over): this node's
+        view restarts from the new stream's start, loudly; subscribers get what it holds."""
+        info = await self.link.jsm.stream_info(self.log.stream)
+        if self._consumer is None:
+            await self._resubscribe()
+        if self.log.created is None or info.created == self.log.created:
+            return
+        log.error(
+            "the bus stream %s was replaced (created %s, was %s): seqs start over; this "
+            "server's history and streams follow the new stream",
+            self.log.stream,
+            info.created,
+            self.log.created,
+        )
+        self.log.created = info.created
+        self._committed_seq = int(info.state.first_seq or 1) - 1
+        self._restart_ring(self._committed_seq + 1)
+        with self._subs_lock:
+            by_loop = {loop: list(subs) for loop, subs in self._subscriptions.items()}
+        for loop, subs in by_loop.items():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_rewind, subs, self._committed_seq)
+        await self._resubscribe()
 
     # -- fan-out (on the link's loop) --------------------------------------------------------
     async def _on_message(self, msg: Any) -> None:
         seq = msg.metadata.sequence.stream
         cut = len(self.log.prefix)
-        self._incoming.append(decode_row(seq, msg.subject[cut:], msg.data))
+        try:
+            self._incoming.append(decode_row(seq, msg.subject[cut:], msg.data))
+        except ForeignMessageError as exc:
+            log.warning("%s", exc)  # its seq is skipped: the ring restarts after it
+            return
         if len(self._incoming) == 1:
             # Handed on once the subscription's queue is drained: a burst is one commit.
             self.link.loop.call_soon(self._hand_on)
@@ -362,9 +479,12 @@ class JetStreamBus(HookBus):
 
     # -- shutdown ----------------------------------------------------------------------------
     def close(self, timeout: float = 10.0) -> None:
+        """Publish what is queued (for at most ``timeout``; what NATS has not taken by then
+        is logged as lost), then leave the bus."""
         with self._seq_lock:
             if self._stopping:
                 return
+            self._stop_deadline = time.monotonic() + max(0.0, timeout - 1.0)
             self._stopping = True
         self.link.call_soon(self._ring_publisher)
         for task in self._tasks:
@@ -378,6 +498,25 @@ class JetStreamBus(HookBus):
         with self._listeners_lock:
             self._listeners.clear()
         self.link.close()
+
+
+async def _new_event() -> asyncio.Event:
+    return asyncio.Event()  # made on the link's loop, where it is awaited
+
+
+def _rewind(subs: list[Subscription], seq: int) -> None:
+    for sub in subs:
+        sub.cursor = min(sub.cursor, seq)
+        sub._wake.set()
+
+
+def _log_crash(task: Any) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("a shared-bus task stopped: %s", _text(task.exception()))
+
+
+def _text(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _fail(fut: asyncio.Future[int], error: BaseException) -> None:

@@ -11,6 +11,9 @@ node rebuilds the :class:`LogRow` with two splits, no JSON parse; the id also ri
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
+import math
 import re
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -18,7 +21,16 @@ from typing import Any
 from ..event_log import LogRow, RetentionPolicy
 from .link import NatsLink
 
-__all__ = ["DEDUP_WINDOW_S", "JetStreamEventLog", "check_namespace", "decode_row", "encode_body"]
+__all__ = [
+    "DEDUP_WINDOW_S",
+    "ForeignMessageError",
+    "JetStreamEventLog",
+    "check_namespace",
+    "decode_row",
+    "encode_body",
+]
+
+log = logging.getLogger("comfyvn.bus")
 
 # A publish retried within this window (after a lost ack, a reconnect) is stored once.
 DEDUP_WINDOW_S = 300.0
@@ -38,9 +50,34 @@ def encode_body(event_id: str, ts: float, data: str) -> bytes:
     return f"{event_id}\n{ts!r}\n{data}".encode()
 
 
+_EVENT_ID = re.compile(r"^evt_[0-9a-f]{1,64}_[0-9]{1,20}$")
+_EVENT_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+
+
+class ForeignMessageError(ValueError):
+    """A message on the hook subjects that no ComfyVN server wrote (or a damaged one)."""
+
+
 def decode_row(seq: int, event: str, body: bytes) -> LogRow:
-    event_id, ts, data = body.decode().split("\n", 2)
-    return LogRow(seq, event_id, event, float(ts), data)
+    """Rebuild a row, checking every part that goes into the wire form unescaped: anything
+    else on our subjects (another tool publishing there, a damaged message) is refused, so it
+    can never forge a field of an envelope or break the JSON a client parses."""
+    try:
+        event_id, ts_text, data = body.decode().split("\n", 2)
+        ts = float(ts_text)
+        valid = (
+            _EVENT_ID.fullmatch(event_id) is not None
+            and _EVENT_NAME.fullmatch(event) is not None
+            and math.isfinite(ts)
+            and isinstance(json.loads(data), dict)
+        )
+    except (UnicodeDecodeError, ValueError):
+        valid = False
+    if not valid:
+        raise ForeignMessageError(
+            f"message {seq} on {event!r} is not a ComfyVN envelope; it is skipped"
+        )
+    return LogRow(seq, event_id, event, ts, data)
 
 
 class JetStreamEventLog:
@@ -63,6 +100,7 @@ class JetStreamEventLog:
         self.prefix = f"{namespace}.hooks."
         self.retention = retention
         self.read_timeout_s = read_timeout_s
+        self.created: Any = None  # the stream's creation time: a change means it was replaced
 
     def subject(self, event: str) -> str:
         return self.prefix + event
@@ -87,13 +125,21 @@ class JetStreamEventLog:
             allow_direct=True,
             num_replicas=1,
         )
-        js = self.link.jsm
+        jsm = self.link.jsm
         try:
-            await js.stream_info(self.stream)
+            info = await jsm.stream_info(self.stream)
         except NotFoundError:
-            await js.add_stream(config)
-        else:  # the retention flags of this node win; the stream keeps its messages
-            await js.update_stream(config)
+            info = await jsm.add_stream(config)
+        else:
+            # Only what this node's flags say changes (its retention); replicas, placement
+            # and anything an operator set on the stream stay as they are.
+            current = info.config
+            wanted = (config.max_msgs, config.max_age)
+            if (current.max_msgs, current.max_age) != wanted:
+                current.max_msgs, current.max_age = wanted
+                info = await jsm.update_stream(current)
+        if self.created is None:  # a later re-creation is noticed by the bus's stream check
+            self.created = info.created
 
     # -- reads -------------------------------------------------------------------------------
     async def _state(self) -> Any:
@@ -165,19 +211,32 @@ class JetStreamEventLog:
             rows: list[LogRow] = []
             cut = len(self.prefix)
             try:
-                while len(rows) < wanted:
+                got = 0
+                while got < wanted:
                     try:
-                        msgs = await sub.fetch(min(wanted - len(rows), 1000), timeout=5.0)
-                    except TimeoutError:  # nats' own is a subclass; retention took the rest
-                        break
+                        msgs = await sub.fetch(min(wanted - got, 1000), timeout=5.0)
+                    except TimeoutError:  # nats' own is a subclass
+                        if await self._pruned_past(start, rows):
+                            break  # retention took the rest while we read: not an error
+                        raise
                     for msg in msgs:
+                        got += 1
                         seq = msg.metadata.sequence.stream
-                        rows.append(decode_row(seq, msg.subject[cut:], msg.data))
+                        try:
+                            rows.append(decode_row(seq, msg.subject[cut:], msg.data))
+                        except ForeignMessageError as exc:
+                            log.warning("%s", exc)
             finally:
                 await sub.unsubscribe()
             return rows
         finally:
             await _delete_consumer(jsm, self.stream, info.name)
+
+    async def _pruned_past(self, start: int, rows: list[LogRow]) -> bool:
+        """A fetch came back short: did retention remove what was left to read?"""
+        state = await self._state()
+        next_wanted = rows[-1].seq + 1 if rows else start
+        return int(state.first_seq or 0) > next_wanted or not state.messages
 
     # -- the writer side is the bus's publisher; retention is the stream's own ---------------
     def append(self, rows: Sequence[LogRow]) -> None:

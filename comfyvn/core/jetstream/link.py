@@ -14,9 +14,8 @@ import threading
 from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
-__all__ = ["BusUnreachableError", "NatsLink", "display_url"]
+__all__ = ["BusUnreachableError", "NatsLink", "display_url", "server_urls"]
 
 log = logging.getLogger("comfyvn.bus")
 
@@ -27,14 +26,23 @@ class BusUnreachableError(ConnectionError):
     """NATS could not be reached (at start-up, or for a call while it is down)."""
 
 
+def server_urls(url: str) -> list[str]:
+    """``--bus`` may list several servers of one NATS cluster, comma-separated."""
+    return [part.strip() for part in url.split(",") if part.strip()]
+
+
 def display_url(url: str) -> str:
-    """The bus URL for messages and logs: a user or password in it is never shown."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    """The bus URL for messages and logs: a user, password or token in it is never shown,
+    whatever the form (several servers, no scheme, an unparseable port)."""
+    return ",".join(_display_one(part) for part in server_urls(url)) or url
+
+
+def _display_one(url: str) -> str:
+    scheme, sep, rest = url.rpartition("://")
+    authority, slash, path = rest.partition("/")
+    if "@" in authority:
+        authority = "***@" + authority.rpartition("@")[2]
+    return f"{scheme}{sep}{authority}{slash}{path}"
 
 
 class NatsLink:
@@ -70,7 +78,14 @@ class NatsLink:
 
     def _run_loop(self) -> None:
         asyncio.set_event_loop(self.loop)
-        self.loop.run_forever()
+        try:
+            self.loop.run_forever()
+        finally:  # tasks nats-py left behind are cancelled, not "destroyed while pending"
+            pending = [t for t in asyncio.all_tasks(self.loop) if not t.done()]
+            for task in pending:
+                task.cancel()
+            if pending:
+                self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
 
     async def _connect(self) -> None:
         import nats  # optional dependency: imported only when a bus URL is configured
@@ -98,7 +113,7 @@ class NatsLink:
 
     async def _open(self, nats: Any) -> Any:
         return await nats.connect(
-            self.url,
+            servers=server_urls(self.url),
             name=self.name,
             connect_timeout=self.connect_timeout_s,
             allow_reconnect=True,
@@ -139,7 +154,11 @@ class NatsLink:
             _call(fn)
 
     async def _error(self, exc: Exception) -> None:
-        if self._connected.is_set():
+        if type(exc).__name__ == "SlowConsumerError":
+            # nats-py dropped messages this process did not read in time: the bus notices the
+            # skipped seqs (its ring restarts and readers fetch them from the stream).
+            log.warning("%s: NATS dropped messages for a slow reader: %s", self.name, exc)
+        elif self._connected.is_set():
             log.debug("NATS: %s", _describe(exc))
 
     async def _closed(self) -> None:
@@ -147,19 +166,24 @@ class NatsLink:
         self._connected.clear()
 
     def close(self) -> None:
+        """Drain (or, with NATS down, just close) the connection, then stop and close the
+        loop: nothing of the link outlives it (tasks, sockets, the thread)."""
         self._closing = True
         if self.nc is not None and self.loop.is_running():
+            ending = self.nc.drain() if self.connected else self.nc.close()
             try:
-                self.run(self.nc.drain(), timeout=5.0)
+                asyncio.run_coroutine_threadsafe(ending, self.loop).result(5.0)
             except Exception:
                 try:
-                    self.run(self.nc.close(), timeout=2.0)
+                    asyncio.run_coroutine_threadsafe(self.nc.close(), self.loop).result(2.0)
                 except Exception as exc:
                     log.debug("closing the NATS connection: %s", _describe(exc))
         if self.loop.is_running():
             self.loop.call_soon_threadsafe(self.loop.stop)
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout=5.0)
+        if not self._thread.is_alive() and not self.loop.is_closed():
+            self.loop.close()
 
     # -- state -------------------------------------------------------------------------------
     @property
