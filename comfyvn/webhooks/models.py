@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -45,12 +45,12 @@ class Subscription:
     id: str
     url: str
     events: tuple[str, ...]  # ("*",) means every hook
-    secret: str
+    secret: str = field(repr=False)  # never in a log line or a traceback's locals
     enabled: bool
     description: str
     created_at: float
     updated_at: float
-    old_secret: str | None = None
+    old_secret: str | None = field(default=None, repr=False)
     old_secret_expires_at: float | None = None
     disabled_reason: str | None = None
     consecutive_failures: int = 0

@@ -12,6 +12,7 @@ webhook routes and any node sends:
 - :mod:`.delivery`: outbox messages to signed POSTs (durable consumers shared by all nodes);
 - :mod:`.effects`: what attempts do to their subscription (410, auto-disable, counters);
 - :mod:`.deliveries` and :mod:`.reading`: the delivery log, rebuilt from the streams;
+- :mod:`.upkeep`: makes again what disappears from NATS (a deleted stream or consumer);
 - :mod:`.manager`: what the server holds as ``services.webhooks``.
 
 Signing, the address policy, the retry schedule and ``Retry-After`` are the embedded

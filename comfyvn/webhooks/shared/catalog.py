@@ -16,6 +16,7 @@ at the same moment both land; neither overwrites the other.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -152,7 +153,7 @@ class Catalog:
             changed = change(current.sub)
             if changed is None:
                 return current.sub
-            record = SubscriptionRecord(changed, current.from_seq)
+            record = dataclasses.replace(current, sub=changed)
             try:
                 await self.kv.update(sub_id, record.encode(), last=entry.revision)
             except KeyWrongLastSequenceError:

@@ -29,6 +29,7 @@ from .records import (
 __all__ = ["DeliveryLog"]
 
 _FIRST_WINDOW = 256
+_STREAM_NOT_FOUND = 10059  # JetStream's err_code
 
 
 class DeliveryLog:
@@ -46,7 +47,12 @@ class DeliveryLog:
             record.encode(),
             stream=self.names.attempts_stream,
             headers={
-                "Nats-Msg-Id": f"{record.delivery}.{record.attempt}.{record.via}",
+                # started_at too: two distinct attempts with the same number and message
+                # (two nodes, a redelivery after ack_wait) are both stored; only a retried
+                # publish of this very record is stored once.
+                "Nats-Msg-Id": (
+                    f"{record.delivery}.{record.attempt}.{record.via}.{record.started_at!r}"
+                ),
                 H_STATUS: record.status,  # counts read headers only
             },
         )
@@ -94,7 +100,9 @@ class DeliveryLog:
             raw = await self.jsm.get_last_msg(
                 self.names.attempts_stream, self.names.attempts(sub_id, delivery_id), direct=True
             )
-        except NotFoundError:
+        except NotFoundError as exc:
+            if getattr(exc, "err_code", None) == _STREAM_NOT_FOUND:  # not "no attempt yet"
+                raise
             return None
         return AttemptRecord.decode(raw.data)
 

@@ -19,9 +19,10 @@ attempt the node first stores the attempt record, then acks (delivered), naks wi
 schedule's delay (retry), or terminates (410, exhausted): a death between the two repeats
 the decision, never skips it.
 
-**Where a delivery stands** is its last attempt record (:mod:`.deliveries`), read only when a
-message comes back (``num_delivered > 1``) or is a retry message: a first delivery needs no
-lookup. Each record names the outbox message that drove it (``via``). A manual redeliver
+**Where a delivery stands** is its last attempt record (:mod:`.deliveries`), one direct get
+for every message taken, even a first delivery: a consumer made again (:mod:`.upkeep`) hands
+every kept message out as new, and only the last attempt says it was delivered already.
+Each record names the outbox message that drove it (``via``). A manual redeliver
 (only of a delivered or failed delivery, under a lease) that fails puts the delivery back on
 the schedule with a *retry message* on the subscription's queue; from then on that message
 drives it and the original, should it ever come back, sees a record it did not write and
@@ -40,12 +41,12 @@ from typing import Any
 from ..config import WebhookConfig
 from ..retry import decide
 from ..sender import Sender
+from ..store import Outcome
 from .catalog import Catalog
 from .deliveries import DeliveryLog
 from .effects import Effects
 from .names import Names
 from .records import AttemptRecord, OutboxItem
-from .setup import ensure_consumer, sender_consumer_config
 
 __all__ = ["Dispatcher"]
 
@@ -53,6 +54,7 @@ log = logging.getLogger("comfyvn.webhooks")
 
 FETCH_S = 2.0  # a lane's pull request lasts this long; a stopped lane ends within it
 BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
+_MAX_UNRECORDED = 10_000
 
 
 @dataclass
@@ -101,6 +103,10 @@ class Dispatcher:
         self._held = 0
         self._closing = False
         self._upkeep: set[asyncio.Task[None]] = set()
+        self.generation = 0  # bumped when consumers were remade: lanes bind again
+        self._failing: set[str] = set()  # subscriptions whose last message failed: logged once
+        # Attempts sent whose record could not be stored yet: (sub id, msg seq) -> record.
+        self._unrecorded: dict[tuple[str, int], tuple[AttemptRecord, Outcome]] = {}
 
     # -- which subscriptions this node reads (link loop) -------------------------------------
     def sync(self) -> None:
@@ -170,16 +176,24 @@ class Dispatcher:
         me = asyncio.current_task()
         assert me is not None
         psub: Any = None
+        bound = self.generation
         failures = 0
         try:
             while not pump.stop:
+                if psub is not None and bound != self.generation:  # its consumer was remade
+                    with contextlib.suppress(Exception):
+                        await psub.unsubscribe()
+                    psub = None
                 pump.fetching.add(me)
                 try:
                     if psub is None:
-                        config = sender_consumer_config(self.names, pump.sub_id, self.cfg)
-                        await ensure_consumer(self.jsm, self.names.outbox_stream, config)
+                        # Only bind: the consumer is made with the subscription (and remade
+                        # by upkeep), never here, so a lane that outlives a delete cannot
+                        # bring a deleted subscription's queue back.
+                        bound = self.generation
                         psub = await self.js.pull_subscribe_bind(
-                            consumer=config.durable_name, stream=self.names.outbox_stream
+                            consumer=self.names.sender_consumer(pump.sub_id),
+                            stream=self.names.outbox_stream,
                         )
                     msgs = await psub.fetch(1, timeout=FETCH_S)
                     failures = 0
@@ -224,16 +238,36 @@ class Dispatcher:
         try:
             async with self._slots:
                 settled = await self._process(sub_id, msg)
+            self._failing.discard(sub_id)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # NATS unreachable, mostly: the message comes back later
-            log.warning("webhook %s: delivery message %s: %s", sub_id, _seq(msg), _describe(exc))
+        except Exception as exc:  # NATS unreachable, a stream gone: the message comes back later
+            if sub_id not in self._failing:  # once per failing streak, not once per message
+                self._failing.add(sub_id)
+                log.warning(
+                    "webhook %s: delivery message %s: %s; retrying with a backoff",
+                    sub_id,
+                    _seq(msg),
+                    _describe(exc),
+                )
+            # Not at once: the same message would be fetched again in a tight loop (a send
+            # each time, or a warning each time) for as long as the trouble lasts.
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(msg.nak(delay=self._backoff(msg)))
+            settled = True
         finally:
             keep.cancel()
             self._held -= 1
-            if not settled:  # back to the queue now, not after ack_wait
+            if not settled:  # cancelled or paused: back to the queue now, not after ack_wait
                 with contextlib.suppress(BaseException):
                     await asyncio.shield(msg.nak())
+
+    def _backoff(self, msg: Any) -> float:
+        """0.5 s, 1 s, 2 s ... per redelivery of the message, at most ``ack_wait``."""
+        n = 1
+        with contextlib.suppress(Exception):
+            n = int(msg.metadata.num_delivered or 1)
+        return min(self.cfg.ack_wait_s, 0.5 * 2 ** min(max(n - 1, 0), 16))
 
     async def _process(self, sub_id: str, msg: Any) -> bool:
         """Returns True once the message is settled (acked, naked or terminated)."""
@@ -253,7 +287,10 @@ class Dispatcher:
             meta.timestamp.timestamp(),
             msg.data,
         )
-        plan = await self._plan(item, meta.num_delivered)
+        unrecorded = self._unrecorded.get((sub_id, item.msg_seq))
+        if unrecorded is not None:  # sent by this node, its record not stored yet
+            return await self._settle(sub_id, msg, item, *unrecorded)
+        plan = await self._plan(item)
         if plan.action == "done":
             await msg.ack()
             return True
@@ -264,7 +301,20 @@ class Dispatcher:
         attempt.number = plan.number
         outcome = decide(self.cfg, item.event, plan.tries, attempt, manual=False)
         record = AttemptRecord.of(outcome, via=item.msg_seq, node=self.node)
+        return await self._settle(sub_id, msg, item, record, outcome)
+
+    async def _settle(
+        self, sub_id: str, msg: Any, item: OutboxItem, record: AttemptRecord, outcome: Outcome
+    ) -> bool:
+        """Record the attempt, then ack, nak or term. A record that cannot be stored is kept
+        here and stored again when the message comes back (with a backoff), instead of the
+        receiver getting the same request again at once."""
+        key = (sub_id, item.msg_seq)
+        self._unrecorded[key] = (record, outcome)
+        while len(self._unrecorded) > _MAX_UNRECORDED:  # taken by another node meanwhile
+            del self._unrecorded[next(iter(self._unrecorded))]
         await self.log.record(sub_id, record)  # first the record: then the queue may move on
+        self._unrecorded.pop(key, None)
         try:
             await self.effects.apply(sub_id, outcome)
         except Exception as exc:  # the attempt stands; only its mark on the endpoint is lost
@@ -278,13 +328,13 @@ class Dispatcher:
             await msg.term()
         return True
 
-    async def _plan(self, item: OutboxItem, num_delivered: int) -> _Plan:
+    async def _plan(self, item: OutboxItem) -> _Plan:
         """Send now (which attempt, how many tries so far), wait, or nothing left to do."""
         now = time.time()
         retry = item.continues is not None
-        if not retry and num_delivered <= 1:
-            due = item.created_at + self.cfg.retry_schedule[0]
-            return _Plan("wait", delay=due - now) if due > now else _Plan("send")
+        # Always one direct get, even for a message handed out for the first time: a consumer
+        # made again (upkeep, a stream restored) hands every kept message out as new, and
+        # only the last attempt says whether it was delivered already.
         last = await self.log.last_attempt(item.sub_id, item.delivery_id)
         if retry and (last is None or last.attempt < item.after_attempt):
             # The redeliver that published this retry died before storing its attempt.

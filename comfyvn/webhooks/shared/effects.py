@@ -83,11 +83,17 @@ class Effects:
             if not sub.enabled:
                 return sub, False
             changed = dataclasses.replace(
-                sub, enabled=False, disabled_reason=GONE_REASON, last_failure_at=at, updated_at=at
+                sub,
+                enabled=False,
+                disabled_reason=GONE_REASON,
+                last_failure_at=_later(sub.last_failure_at, at),
+                updated_at=at,
             )
             return changed, True
         failures = sub.consecutive_failures + 1
-        sub = dataclasses.replace(sub, consecutive_failures=failures, last_failure_at=at)
+        sub = dataclasses.replace(
+            sub, consecutive_failures=failures, last_failure_at=_later(sub.last_failure_at, at)
+        )
         if sub.enabled and failures >= self.disable_after:
             reason = (
                 f"{self.disable_after} consecutive deliveries failed after every retry "
@@ -117,8 +123,17 @@ class Effects:
 
 
 def _stamped(sub: Subscription, success_at: float | None, failure_at: float | None) -> Subscription:
+    """Stamps from several nodes arrive in any order: each timestamp only moves forward, and
+    a success resets the failure count only if it started after the last recorded failure
+    (a delayed success must not erase an exhaustion that came after it)."""
     if success_at is not None:
-        sub = dataclasses.replace(sub, consecutive_failures=0, last_success_at=success_at)
+        if sub.consecutive_failures and success_at > (sub.last_failure_at or 0.0):
+            sub = dataclasses.replace(sub, consecutive_failures=0)
+        sub = dataclasses.replace(sub, last_success_at=_later(sub.last_success_at, success_at))
     if failure_at is not None:
-        sub = dataclasses.replace(sub, last_failure_at=failure_at)
+        sub = dataclasses.replace(sub, last_failure_at=_later(sub.last_failure_at, failure_at))
     return sub
+
+
+def _later(current: float | None, new: float) -> float:
+    return new if current is None else max(current, new)

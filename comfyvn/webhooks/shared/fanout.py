@@ -22,7 +22,7 @@ import logging
 from typing import Any
 
 from comfyvn.core.envelope import envelope_json
-from comfyvn.core.jetstream.event_log import decode_row
+from comfyvn.core.jetstream.event_log import ForeignMessageError, decode_row
 
 from .catalog import Catalog
 from .names import Names
@@ -44,6 +44,12 @@ class FanOut:
         self.catalog = catalog
         self._task: asyncio.Task[None] | None = None
         self.fanned = 0
+        # Kept by :mod:`.upkeep`: the hooks stream's creation time (a subscription's from_seq
+        # counts in the stream it was created on), the last event seq fanned out (where a
+        # consumer made again on the same stream starts) and "bind again" after it did so.
+        self.hooks_created = ""
+        self.last_seq = 0
+        self.rebind = False
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -60,6 +66,11 @@ class FanOut:
         psub: Any = None
         failing = False
         while True:
+            if self.rebind and psub is not None:
+                with contextlib.suppress(Exception):
+                    await psub.unsubscribe()
+                psub = None
+            self.rebind = False
             try:
                 if psub is None:
                     psub = await self.js.pull_subscribe_bind(
@@ -96,8 +107,12 @@ class FanOut:
 
     async def _fan_out(self, msgs: list[Any]) -> None:
         await self.catalog.refresh()
+        # Which stream these events are from: a subscription's from_seq counts in the stream
+        # it was created on, and a replaced stream (seqs start over) is all news to it.
+        hooks = await self.catalog.jsm.stream_info(self.names.hooks_stream)
+        self.hooks_created = str(hooks.created or "")
         targets = [
-            (r.sub.id, r.sub.event_filter, r.from_seq)
+            (r.sub.id, r.sub.event_filter, r.start_after(self.hooks_created))
             for r in self.catalog.records.values()
             if r.sub.enabled
         ]
@@ -105,7 +120,14 @@ class FanOut:
         pending: list[tuple[Any, list[asyncio.Future[Any]]]] = []
         for msg in msgs:
             seq = msg.metadata.sequence.stream
-            row = decode_row(seq, msg.subject[cut:], msg.data)
+            try:
+                row = decode_row(seq, msg.subject[cut:], msg.data)
+            except ForeignMessageError as exc:
+                # Not ours: terminated alone, so the events around it still go out (once).
+                log.warning("webhook fan-out: %s", exc)
+                with contextlib.suppress(Exception):
+                    await msg.term()
+                continue
             body: bytes | None = None
             futures: list[asyncio.Future[Any]] = []
             for sub_id, events, from_seq in targets:
@@ -133,6 +155,7 @@ class FanOut:
             if all(f.done() and not f.cancelled() and f.exception() is None for f in futures):
                 await msg.ack()
                 self.fanned += len(futures)
+                self.last_seq = max(self.last_seq, msg.metadata.sequence.stream)
             else:
                 for f in futures:
                     if not f.done():

@@ -19,10 +19,11 @@ import contextlib
 import dataclasses
 import logging
 import os
+import re
 import secrets
 import socket
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from contextlib import AsyncExitStack
 from typing import Any, TypeVar
 
@@ -50,14 +51,18 @@ from .effects import Effects
 from .fanout import FanOut
 from .names import Names
 from .records import AttemptRecord, OutboxItem, SubscriptionRecord, build_delivery
-from .setup import ensure_layout
+from .setup import ensure_consumer, ensure_layout, sender_consumer_config
+from .upkeep import Upkeep
 
 __all__ = ["SharedWebhookManager", "start_shared_webhooks"]
 
 log = logging.getLogger("comfyvn.webhooks")
 T = TypeVar("T")
+_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")  # what can be a KV key and a subject token
 
 CALL_TIMEOUT_S = 15.0
+CREATE_LEASE = "create"  # a key of the leases bucket (delivery ids are numbers)
+CREATE_LEASE_WAIT_S = 5.0
 
 
 class SharedWebhookManager:
@@ -115,12 +120,25 @@ class SharedWebhookManager:
             node=self.node,
         )
         fanout = FanOut(js, self.names, catalog)
-        parts = _Parts(catalog, deliveries, effects, sender, dispatcher, fanout, leases)
+        upkeep = Upkeep(
+            js=js,
+            jsm=jsm,
+            names=self.names,
+            config=self.config,
+            catalog=catalog,
+            fanout=fanout,
+            dispatcher=dispatcher,
+            purge=deliveries.purge,
+        )
+        parts = _Parts(catalog, deliveries, effects, sender, dispatcher, fanout, leases, upkeep)
         self._lock = asyncio.Lock()
         catalog.on_change.append(dispatcher.sync)
         await catalog.start()
         effects.start()
         parts.fanout.start()
+        with contextlib.suppress(Exception):  # strays of an unfinished delete; else next round
+            await upkeep.check()
+        upkeep.start()
         dispatcher.sync()
         return parts
 
@@ -181,6 +199,12 @@ class SharedWebhookManager:
             "delivered": p.sender.delivered,
             "failed_attempts": p.sender.failed_attempts,
         }
+
+    def _check_id(self, sub_id: str) -> None:
+        """An id that cannot be a KV key or a subject token ("*", ">", "a b") names no
+        webhook: a 404 as for any unknown id, not the bus's InvalidKeyError as a 503."""
+        if not _ID.fullmatch(sub_id):
+            raise WebhookError(404, f"no webhook with id {sub_id!r}")
 
     def get(self, sub_id: str) -> Subscription:
         sub = self._p.catalog.get(sub_id)
@@ -247,7 +271,7 @@ class SharedWebhookManager:
     async def _insert(self, sub: Subscription) -> Subscription:
         p = self._p
         assert self._lock is not None
-        async with self._lock:
+        async with self._lock, self._create_lease():
             await p.catalog.refresh()
             existing = p.catalog.subscriptions
             if len(existing) >= self.config.max_subscriptions:
@@ -264,12 +288,49 @@ class SharedWebhookManager:
                         "PATCH it or DELETE it first",
                     )
             hooks = await self.link.jsm.stream_info(self.names.hooks_stream)
-            await p.catalog.create(SubscriptionRecord(sub, int(hooks.state.last_seq or 0)))
+            record = SubscriptionRecord(
+                sub, int(hooks.state.last_seq or 0), hooks_created=str(hooks.created or "")
+            )
+            await p.catalog.create(record)
+            # Its queue is made here, once; lanes only bind to it (a lane that outlived a
+            # delete must not make it again), and upkeep remakes it if it disappears.
+            config = sender_consumer_config(self.names, sub.id, self.config)
+            try:
+                await ensure_consumer(self.link.jsm, self.names.outbox_stream, config)
+            except Exception as exc:  # stored: upkeep makes its queue on its next round
+                log.info("webhook %s: its queue is made later: %s", sub.id, exc)
             await p.catalog.refresh()
         return sub
 
+    @contextlib.asynccontextmanager
+    async def _create_lease(self) -> AsyncIterator[None]:
+        """One create at a time in the whole cluster: the duplicate check and the limit are
+        read, then written, and two nodes doing that at once would both pass (the embedded
+        store does it in one transaction). A KV key with the leases bucket's TTL, so a node
+        that dies holding it blocks creates for that TTL at most."""
+        from nats.js.errors import KeyWrongLastSequenceError
+
+        leases = self._p.leases
+        deadline = time.monotonic() + CREATE_LEASE_WAIT_S
+        while True:
+            try:
+                await leases.create(CREATE_LEASE, self.node.encode())
+                break
+            except KeyWrongLastSequenceError:
+                if time.monotonic() > deadline:
+                    raise WebhookError(
+                        409, "another node is creating a webhook right now; try again"
+                    ) from None
+                await asyncio.sleep(0.05)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(Exception):
+                await leases.delete(CREATE_LEASE)
+
     async def _mutate(self, sub_id: str, **changes: Any) -> Subscription:
         """Apply ``changes`` (as PATCH does) with compare-and-set; 404 if it is gone."""
+        self._check_id(sub_id)
 
         def change(current: Subscription) -> Subscription | None:
             todo = dict(changes)
@@ -293,6 +354,7 @@ class SharedWebhookManager:
         return sub
 
     async def update(self, sub_id: str, patch: WebhookPatch) -> Subscription:
+        self._check_id(sub_id)
         changes: dict[str, Any] = {}
         if patch.url is not None:
             await self._check_url(patch.url)
@@ -311,6 +373,7 @@ class SharedWebhookManager:
         return await self._mutate(sub_id, **changes)
 
     async def rotate(self, sub_id: str, body: RotateSecretRequest) -> Subscription:
+        self._check_id(sub_id)
         secret = body.secret if body.secret is not None else generate_secret()
         try:
             parse_secret(secret)
@@ -342,24 +405,35 @@ class SharedWebhookManager:
         return sub
 
     async def delete(self, sub_id: str) -> None:
+        self._check_id(sub_id)
         await self._call(self._delete(sub_id, must_exist=True))
 
     async def _delete(self, sub_id: str, *, must_exist: bool) -> None:
-        """Out of the bucket first (no new deliveries, lanes stop), then its queue and log."""
+        """Out of the bucket first (no new deliveries, lanes stop), then its queue and log.
+
+        Repeatable: a delete cut short (a timeout after the key went) is finished by the next
+        one, which finds the key gone but the queue still there (upkeep finishes it too)."""
         from nats.js.errors import KeyNotFoundError, NotFoundError
 
         p = self._p
         try:
             await p.catalog.kv.get(sub_id)
+            stored = True
         except KeyNotFoundError:
-            if must_exist:
-                raise WebhookError(404, f"no webhook with id {sub_id!r}") from None
-            return
-        await p.catalog.delete(sub_id)
-        with contextlib.suppress(NotFoundError):
+            stored = False
+        if stored:
+            await p.catalog.delete(sub_id)
+        queued = True
+        try:
             await self.link.jsm.delete_consumer(
                 self.names.outbox_stream, self.names.sender_consumer(sub_id)
             )
+        except NotFoundError:
+            queued = False
+        if not stored and not queued:
+            if must_exist:
+                raise WebhookError(404, f"no webhook with id {sub_id!r}")
+            return
         await p.deliveries.purge(sub_id)
         await p.catalog.refresh()
 
@@ -393,13 +467,16 @@ class SharedWebhookManager:
             deleted: list[str] = []
             updated: list[str] = []
             for sub in targets:
-                remaining = [e for e in sub.events if e != event] if event != ALL_EVENTS else []
-                if remaining:
-                    await p.catalog.mutate(sub.id, _with_events(tuple(remaining)))
-                    updated.append(sub.id)
-                else:
-                    await self._delete(sub.id, must_exist=False)
-                    deleted.append(sub.id)
+                if event != ALL_EVENTS:
+                    # What remains is worked out from the stored value inside the
+                    # compare-and-set, not from the snapshot (a PATCH may have come between).
+                    left: list[bool] = [False]
+                    await p.catalog.mutate(sub.id, _without_event(event, left))
+                    if left[0]:
+                        updated.append(sub.id)
+                        continue
+                await self._delete(sub.id, must_exist=False)
+                deleted.append(sub.id)
             await p.catalog.refresh()
         return {"deleted": deleted, "updated": updated}
 
@@ -436,15 +513,7 @@ class SharedWebhookManager:
 
         p = self._p
         sub = self.get(sub_id)
-        item, records = await self._item_and_attempts(sub_id, delivery_id)
-        last = records[-1] if records else None
-        if last is None or not last.final:
-            when = "once the webhook is enabled again" if not sub.enabled else "automatically"
-            raise WebhookError(
-                409,
-                f"delivery {delivery_id} is pending: it is sent (and retried) {when}; "
-                "redeliver it once it is delivered or failed",
-            )
+        await self._item_and_attempts(sub_id, delivery_id)  # 404 before taking a lease
         lease = str(delivery_id)
         try:
             await p.leases.create(lease, self.node.encode())
@@ -453,6 +522,17 @@ class SharedWebhookManager:
                 409, f"delivery {delivery_id} is being redelivered right now; try again"
             ) from None
         try:
+            # Read under the lease: a redeliver that finished just before it was taken has
+            # stored its attempt (maybe a pending one) by now.
+            item, records = await self._item_and_attempts(sub_id, delivery_id)
+            last = records[-1] if records else None
+            if last is None or not last.final:
+                when = "once the webhook is enabled again" if not sub.enabled else "automatically"
+                raise WebhookError(
+                    409,
+                    f"delivery {delivery_id} is pending: it is sent (and retried) {when}; "
+                    "redeliver it once it is delivered or failed",
+                )
             attempt = await p.sender.send(sub, delivery_id, item.event_id, item.body)
             attempt.number = last.attempt + 1
             outcome = decide(self.config, item.event, 0, attempt, manual=True)
@@ -474,9 +554,16 @@ class SharedWebhookManager:
         return delivery, attempt
 
 
-def _with_events(events: tuple[str, ...]) -> Callable[[Subscription], Subscription]:
-    def change(sub: Subscription) -> Subscription:
-        return dataclasses.replace(sub, events=events, updated_at=time.time())
+def _without_event(event: str, left: list[bool]) -> Callable[[Subscription], Subscription | None]:
+    """Drops ``event`` from the current value; ``left[0]`` says whether any event remains
+    (if none does, nothing is written: the caller deletes the subscription)."""
+
+    def change(sub: Subscription) -> Subscription | None:
+        remaining = tuple(e for e in sub.events if e != event)
+        left[0] = bool(remaining)
+        if not remaining or remaining == sub.events:
+            return None
+        return dataclasses.replace(sub, events=remaining, updated_at=time.time())
 
     return change
 
@@ -492,8 +579,10 @@ class _Parts:
     dispatcher: Dispatcher
     fanout: FanOut
     leases: Any
+    upkeep: Upkeep
 
     async def stop(self) -> None:
+        await self.upkeep.stop()
         await self.fanout.stop()
         await self.dispatcher.close()
         await self.effects.stop()

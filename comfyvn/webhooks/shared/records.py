@@ -53,20 +53,31 @@ class SubscriptionRecord:
     sub: Subscription
     from_seq: int  # hooks stream seq at creation: only later events are fanned out to it
     revision: int = 0  # KV revision this was read at (compare-and-set)
+    # The hooks stream's creation time that ``from_seq`` counts in: once the stream is
+    # replaced (deleted and made again, seqs start over) every event of the new one is later.
+    hooks_created: str = ""
+
+    def start_after(self, hooks_created: str) -> int:
+        """The seq after which events go to it, in the hooks stream created at this time."""
+        if self.hooks_created and hooks_created and self.hooks_created != hooks_created:
+            return 0
+        return self.from_seq
 
     def encode(self) -> bytes:
         values = asdict(self.sub)
         values["events"] = list(self.sub.events)
         values["from_seq"] = self.from_seq
+        values["hooks_created"] = self.hooks_created
         return json.dumps(values, separators=(",", ":")).encode()
 
     @classmethod
     def decode(cls, data: bytes, revision: int) -> SubscriptionRecord:
         values = json.loads(data)
         from_seq = int(values.pop("from_seq", 0))
+        hooks_created = str(values.pop("hooks_created", "") or "")
         known = {k: values[k] for k in _SUB_FIELDS if k in values}
         known["events"] = tuple(known["events"])
-        return cls(Subscription(**known), from_seq, revision)
+        return cls(Subscription(**known), from_seq, revision, hooks_created)
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,8 @@ survives a restart of the server.
 - ``<ns>-webhook-leases``: short-lived keys that stop two nodes from redelivering one
   delivery at the same moment (KV with a TTL, so a node that dies drops its lease).
 - ``webhook-fanout`` on the hooks stream: created at the stream's end (``DeliverPolicy.NEW``),
-  as a subscription only gets the events that come after it.
+  as a subscription only gets the events that come after it; made again from a given seq by
+  :mod:`.upkeep` when it disappears (with a replaced hooks stream, for one).
 - ``webhook-send-<sub_id>`` on the outbox, one per subscription (:mod:`.delivery` says why).
 """
 
@@ -24,15 +25,25 @@ from typing import Any
 from ..config import WebhookConfig
 from .names import Names
 
-__all__ = ["DEDUP_WINDOW_S", "ensure_consumer", "ensure_layout", "sender_consumer_config"]
+__all__ = [
+    "DEDUP_WINDOW_S",
+    "ensure_consumer",
+    "ensure_fanout",
+    "ensure_layout",
+    "fanout_consumer_config",
+    "sender_consumer_config",
+]
 
 # A fan-out or an attempt record redone within this window (a node that died before its ack,
 # a lost publish ack) is stored once: Nats-Msg-Id is deterministic for both.
 DEDUP_WINDOW_S = 300.0
 
 
-async def ensure_layout(js: Any, jsm: Any, names: Names, cfg: WebhookConfig) -> tuple[Any, Any]:
-    """Make the streams, buckets and the fan-out consumer; returns the two KV handles."""
+async def ensure_layout(
+    js: Any, jsm: Any, names: Names, cfg: WebhookConfig, fanout_start: int | None = None
+) -> tuple[Any, Any]:
+    """Make the streams, buckets and the fan-out consumer; returns the two KV handles.
+    ``fanout_start``: where a fan-out consumer made now starts (None: the stream's end)."""
     from nats.js import api
 
     for name, subjects in (
@@ -64,22 +75,45 @@ async def ensure_layout(js: Any, jsm: Any, names: Names, cfg: WebhookConfig) -> 
             ttl=max(60.0, 2 * cfg.timeout_s),
         ),
     )
-    await ensure_consumer(
-        jsm,
-        names.hooks_stream,
-        api.ConsumerConfig(
-            name=names.fanout_consumer,
-            durable_name=names.fanout_consumer,
-            description="comfyvn webhooks: one outbox message per event and subscription",
-            deliver_policy=api.DeliverPolicy.NEW,
-            ack_policy=api.AckPolicy.EXPLICIT,
-            ack_wait=cfg.ack_wait_s,
-            max_ack_pending=-1,
-            max_deliver=-1,
-            filter_subject=f"{names.hooks_prefix}>",
-        ),
-    )
+    await ensure_fanout(jsm, names, cfg, fanout_start)
     return subs, leases
+
+
+async def ensure_fanout(jsm: Any, names: Names, cfg: WebhookConfig, start_seq: int | None) -> None:
+    """Create the fan-out consumer, or update the one there (ack wait) keeping where it
+    starts: JetStream refuses a change of deliver policy on an existing consumer."""
+    from nats.js.errors import NotFoundError
+
+    try:
+        info = await jsm.consumer_info(names.hooks_stream, names.fanout_consumer)
+    except NotFoundError:
+        info = None
+    config = fanout_consumer_config(names, cfg, start_seq)
+    if info is not None:
+        config.deliver_policy = info.config.deliver_policy
+        config.opt_start_seq = info.config.opt_start_seq
+    await ensure_consumer(jsm, names.hooks_stream, config)
+
+
+def fanout_consumer_config(names: Names, cfg: WebhookConfig, start_seq: int | None) -> Any:
+    """The fan-out's consumer: at the stream's end at first (``start_seq`` None); when it is
+    made again after it disappeared (:mod:`.upkeep`), from ``start_seq``, so the events of
+    a replaced stream, or those after the last one fanned out, are not skipped."""
+    from nats.js import api
+
+    by_seq = start_seq is not None
+    return api.ConsumerConfig(
+        name=names.fanout_consumer,
+        durable_name=names.fanout_consumer,
+        description="comfyvn webhooks: one outbox message per event and subscription",
+        deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE if by_seq else api.DeliverPolicy.NEW,
+        opt_start_seq=max(1, start_seq or 1) if by_seq else None,
+        ack_policy=api.AckPolicy.EXPLICIT,
+        ack_wait=cfg.ack_wait_s,
+        max_ack_pending=-1,
+        max_deliver=-1,
+        filter_subject=f"{names.hooks_prefix}>",
+    )
 
 
 def sender_consumer_config(names: Names, sub_id: str, cfg: WebhookConfig) -> Any:
