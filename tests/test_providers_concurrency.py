@@ -30,6 +30,7 @@ from typing import Any
 import pytest
 
 from comfyvn.net import AddressPolicy
+from comfyvn.providers import health as health_module
 from comfyvn.providers.component import DEMO_PROVIDERS, start_providers
 from comfyvn.providers.config import ProviderSettings
 from comfyvn.providers.health import HealthService
@@ -381,6 +382,31 @@ def test_health_results_of_every_process_are_kept(tmp_path: Path) -> None:
         assert status["last"][pid]["checked_at"] == every[-1]  # the newest wins
         for result in results:
             assert result["seen"][pid] == (every[-1], every)  # every process shows them all
+
+
+def test_checks_alike_in_every_field_are_two_checks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two workers can take a check at the same ``time.time()`` tick (a float of the epoch
+    resolves about 0.24 us) with the same outcome and rounded latency: both are kept, not
+    merged as if one check had been seen twice. Two workers in one process, a frozen clock."""
+    registry = ProviderRegistry(tmp_path)
+    registry.load()
+    asyncio.run(registry.create(ProviderCreate.model_validate({"id": "tie", "kind": "echo"})))
+    a, b = Node(tmp_path), Node(tmp_path)
+    try:
+        now = registry.get("tie").created_at + 1
+        frozen = SimpleNamespace(time=lambda: now, perf_counter=lambda: 0.0)
+        monkeypatch.setattr(health_module, "time", frozen)
+        assert a.check("tie") == b.check("tie") == now
+        status = json.loads((tmp_path / "provider_status.json").read_text())
+        assert [e["checked_at"] for e in status["history"]["tie"]] == [now, now]
+        assert a.status("tie") == b.status("tie") == (now, [now, now])
+        a.check("tie")  # and a check seen again (here, in the file) is still not doubled
+        assert a.status("tie") == b.status("tie") == (now, [now, now, now])
+    finally:
+        a.close()
+        b.close()
 
 
 # -- the real server: serve --workers 2 on a real nats-server ---------------------------------

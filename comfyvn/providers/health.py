@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
 import traceback
 from collections import deque
@@ -255,7 +256,7 @@ class HealthService:
         spec = self.registry.known(provider_id)
         since = spec.created_at if spec is not None else 0.0
         return [
-            entry
+            {k: v for k, v in entry.items() if k != _CHECK_ID}  # the id is internal
             for entry in self._history.get(provider_id, ())
             if not _before(entry.get("checked_at"), since)
         ]
@@ -275,6 +276,9 @@ class HealthService:
                 "status": result.status,
                 "latency_ms": result.latency_ms,
                 "reason_code": result.reason_code,
+                # Which check this is, for _joined: two workers' checks can share every other
+                # field (the same float time.time() tick, same outcome, same rounded latency).
+                _CHECK_ID: os.urandom(8).hex(),
             }
         )
 
@@ -404,10 +408,15 @@ def _newer(current: CheckResult | None, other: CheckResult) -> bool:
 
 def _joined(entries: Iterable[dict[str, Any]], size: int) -> list[dict[str, Any]]:
     """History entries without repeats (the same check seen by two processes), oldest first,
-    the newest ``size`` of them."""
+    the newest ``size`` of them. A check is known by its id; an entry without one (a file
+    written before ids) by its fields."""
     unique: dict[Any, dict[str, Any]] = {}
     for entry in entries:
-        key = tuple(entry.get(name) for name in _HISTORY_FIELDS)
+        check_id = entry.get(_CHECK_ID)
+        if check_id is not None:
+            key: Any = (_CHECK_ID, check_id)
+        else:
+            key = tuple(entry.get(name) for name in _HISTORY_FIELDS)
         try:
             unique.setdefault(key, entry)
         except TypeError:  # a hand-edited value that cannot be hashed
@@ -417,6 +426,7 @@ def _joined(entries: Iterable[dict[str, Any]], size: int) -> list[dict[str, Any]
 
 
 _HISTORY_FIELDS = ("checked_at", "status", "latency_ms", "reason_code")
+_CHECK_ID = "check_id"  # stored with each history entry (not served): one per check taken
 
 
 def _time(value: Any) -> float:
