@@ -50,6 +50,28 @@ class WebhookError(RefusedError):
         super().__init__(detail, status)
 
 
+def new_subscription(body: WebhookCreate, events: tuple[str, ...]) -> Subscription:
+    """A new subscription from a create body: its id, its secret (given or generated, checked)
+    and timestamps, the same whichever store keeps it (SQLite here, the KV bucket when
+    shared)."""
+    secret = body.secret if body.secret is not None else generate_secret()
+    try:
+        parse_secret(secret)
+    except SecretError as exc:
+        raise WebhookError(400, str(exc)) from None
+    now = time.time()
+    return Subscription(
+        id=f"wh_{secrets.token_hex(8)}",
+        url=body.url,
+        events=events,
+        secret=secret,
+        enabled=body.enabled,
+        description=body.description,
+        created_at=now,
+        updated_at=now,
+    )
+
+
 def normalize_events(events: list[str]) -> tuple[str, ...]:
     cleaned: dict[str, None] = {}
     for raw in events:
@@ -175,23 +197,7 @@ class WebhookManager:
     async def create(self, body: WebhookCreate) -> Subscription:
         events = normalize_events(body.events)
         await self._check_url(body.url)
-        secret = body.secret if body.secret is not None else generate_secret()
-        try:
-            parse_secret(secret)
-        except SecretError as exc:
-            raise WebhookError(400, str(exc)) from None
-        now = time.time()
-        sub = Subscription(
-            id=f"wh_{secrets.token_hex(8)}",
-            url=body.url,
-            events=events,
-            secret=secret,
-            enabled=body.enabled,
-            description=body.description,
-            created_at=now,
-            updated_at=now,
-        )
-        return await asyncio.to_thread(self._insert, sub)
+        return await asyncio.to_thread(self._insert, new_subscription(body, events))
 
     def _insert(self, sub: Subscription) -> Subscription:
         with self._mutate:

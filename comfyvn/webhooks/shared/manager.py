@@ -31,7 +31,7 @@ from comfyvn.core.jetstream import BusUnreachableError, JetStreamBus, NatsLink
 from comfyvn.net import AddressPolicy, RefusedAddress
 
 from ..config import WebhookConfig
-from ..manager import WebhookError, normalize_events
+from ..manager import WebhookError, new_subscription, normalize_events
 from ..models import (
     ALL_EVENTS,
     Attempt,
@@ -250,22 +250,7 @@ class SharedWebhookManager:
     async def create(self, body: WebhookCreate) -> Subscription:
         events = normalize_events(body.events)
         await self._check_url(body.url)
-        secret = body.secret if body.secret is not None else generate_secret()
-        try:
-            parse_secret(secret)
-        except SecretError as exc:
-            raise WebhookError(400, str(exc)) from None
-        now = time.time()
-        sub = Subscription(
-            id=f"wh_{secrets.token_hex(8)}",
-            url=body.url,
-            events=events,
-            secret=secret,
-            enabled=body.enabled,
-            description=body.description,
-            created_at=now,
-            updated_at=now,
-        )
+        sub = new_subscription(body, events)
         return await self._call(self._insert(sub))
 
     async def _insert(self, sub: Subscription) -> Subscription:

@@ -20,6 +20,8 @@ import json
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from comfyvn.core.json_input import read_json
+
 from ..models import Attempt, Delivery, Subscription
 from ..store import Outcome
 
@@ -72,7 +74,7 @@ class SubscriptionRecord:
 
     @classmethod
     def decode(cls, data: bytes, revision: int) -> SubscriptionRecord:
-        values = json.loads(data)
+        values = read_json(data, what="webhook subscription record")  # NATS is outside us
         from_seq = int(values.pop("from_seq", 0))
         hooks_created = str(values.pop("hooks_created", "") or "")
         known = {k: values[k] for k in _SUB_FIELDS if k in values}
@@ -180,7 +182,7 @@ class AttemptRecord:
 
     @classmethod
     def decode(cls, data: bytes) -> AttemptRecord:
-        values: dict[str, Any] = json.loads(data)
+        values: dict[str, Any] = read_json(data, what="webhook attempt record")
         return cls(**{f.name: values.get(f.name) for f in fields(cls) if f.name in values})
 
     def to_attempt(self, sub_id: str) -> Attempt:
