@@ -72,6 +72,26 @@ def new_subscription(body: WebhookCreate, events: tuple[str, ...]) -> Subscripti
     )
 
 
+def patch_changes(patch: WebhookPatch) -> dict[str, Any]:
+    """The fields a PATCH changes, the same whichever store keeps the subscription: enabling
+    clears the reason and the failure count, disabling names the operator."""
+    changes: dict[str, Any] = {}
+    if patch.url is not None:
+        changes["url"] = patch.url
+    if patch.events is not None:
+        changes["events"] = normalize_events(patch.events)
+    if patch.description is not None:
+        changes["description"] = patch.description
+    if patch.enabled is not None:
+        changes["enabled"] = patch.enabled
+        if patch.enabled:
+            changes["disabled_reason"] = None
+            changes["consecutive_failures"] = 0
+        else:
+            changes["disabled_reason"] = "disabled by an operator"
+    return changes
+
+
 def normalize_events(events: list[str]) -> tuple[str, ...]:
     cleaned: dict[str, None] = {}
     for raw in events:
@@ -220,21 +240,9 @@ class WebhookManager:
         return sub
 
     async def update(self, sub_id: str, patch: WebhookPatch) -> Subscription:
-        changes: dict[str, Any] = {}
         if patch.url is not None:
             await self._check_url(patch.url)
-            changes["url"] = patch.url
-        if patch.events is not None:
-            changes["events"] = normalize_events(patch.events)
-        if patch.description is not None:
-            changes["description"] = patch.description
-        if patch.enabled is not None:
-            changes["enabled"] = patch.enabled
-            if patch.enabled:
-                changes["disabled_reason"] = None
-                changes["consecutive_failures"] = 0
-            else:
-                changes["disabled_reason"] = "disabled by an operator"
+        changes = patch_changes(patch)
         sub = await asyncio.to_thread(self._update, sub_id, changes)
         if patch.enabled:
             self.worker.wake()  # paused deliveries resume

@@ -31,7 +31,7 @@ from comfyvn.core.jetstream import BusUnreachableError, JetStreamBus, NatsLink
 from comfyvn.net import AddressPolicy, RefusedAddress
 
 from ..config import WebhookConfig
-from ..manager import WebhookError, new_subscription, normalize_events
+from ..manager import WebhookError, new_subscription, normalize_events, patch_changes
 from ..models import (
     ALL_EVENTS,
     Attempt,
@@ -340,21 +340,9 @@ class SharedWebhookManager:
 
     async def update(self, sub_id: str, patch: WebhookPatch) -> Subscription:
         self._check_id(sub_id)
-        changes: dict[str, Any] = {}
         if patch.url is not None:
             await self._check_url(patch.url)
-            changes["url"] = patch.url
-        if patch.events is not None:
-            changes["events"] = normalize_events(patch.events)
-        if patch.description is not None:
-            changes["description"] = patch.description
-        if patch.enabled is not None:
-            changes["enabled"] = patch.enabled
-            if patch.enabled:
-                changes["disabled_reason"] = None
-                changes["consecutive_failures"] = 0
-            else:
-                changes["disabled_reason"] = "disabled by an operator"
+        changes = patch_changes(patch)
         return await self._mutate(sub_id, **changes)
 
     async def rotate(self, sub_id: str, body: RotateSecretRequest) -> Subscription:
